@@ -1,0 +1,54 @@
+// sctrain: a trainer for single-cell foundation models.
+#include <algorithm>
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <map>
+
+#include "command.h"
+#include "util/log.h"
+
+namespace sctrain::app {
+std::vector<Command>& registry() {
+  static std::vector<Command> commands;
+  return commands;
+}
+}  // namespace sctrain::app
+
+int main(int argc, char** argv) {
+  using namespace sctrain;
+  CLI::App cli{
+      "sctrain: pretrain transformer foundation models on single-cell RNA-seq (.h5ad).\n\n"
+      "Data flows h5ad -> tokens -> batches -> model -> checkpoints/metrics/embeddings:\n"
+      "  sctrain inspect data/pbmc3k.h5ad           # what is in a file\n"
+      "  sctrain pretrain --config configs/quickstart.yaml\n"
+      "Each subcommand has its own --help.",
+      "sctrain"};
+  cli.require_subcommand(1);
+  std::string level = "info";
+  cli.add_option("--log-level", level, "debug, info, warn, error or off")->capture_default_str();
+
+  auto& commands = app::registry();
+  std::sort(commands.begin(), commands.end(),
+            [](const app::Command& a, const app::Command& b) { return a.order < b.order; });
+  std::map<CLI::App*, std::function<int()>> runners;
+  for (auto& c : commands) {
+    CLI::App* sub = cli.add_subcommand(c.name, c.summary);
+    runners[sub] = c.setup(*sub);
+  }
+
+  try {
+    cli.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return cli.exit(e);
+  }
+  try {
+    log::set_level(log::parse_level(level));
+    for (auto& [sub, run] : runners)
+      if (sub->parsed()) return run();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "sctrain: error: %s\n", e.what());
+    return 2;
+  }
+  return 1;
+}
