@@ -1,0 +1,286 @@
+#include "model/model.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "data/batch.h"
+#include "kernels/attention.h"
+#include "util/log.h"
+
+namespace sctrain::model {
+
+void ModelConfig::validate() const {
+  auto fail = [](const std::string& m) { throw std::invalid_argument("model." + m); };
+  if (vocab_size <= data::kNumSpecial) fail(str("vocab_size: ", vocab_size, " is too small"));
+  if (d_model <= 0 || n_layers <= 0 || n_heads <= 0 || d_ff <= 0 || max_len <= 1)
+    fail("d_model, n_layers, n_heads, d_ff must be positive and max_len > 1");
+  if (d_model % n_heads != 0)
+    fail(str("n_heads: d_model ", d_model, " is not divisible by n_heads ", n_heads));
+  if (attention != "softmax" && attention != "sigmoid")
+    fail(str("attention: '", attention, "' is neither softmax nor sigmoid"));
+  if (norm != "pre" && norm != "post") fail(str("norm: '", norm, "' is neither pre nor post"));
+  if (n_bins < 0) fail("n_bins: must be >= 0");
+  if (dropout < 0 || dropout >= 1) fail("dropout: must be in [0, 1)");
+}
+
+int64_t count_parameters(const ModelConfig& c) {
+  const int64_t d = c.d_model, V = c.vocab_size;
+  int64_t n = V * d + 2 * d;                 // gene embedding, embedding LayerNorm
+  if (c.n_bins > 0) n += c.n_bins * d;
+  if (c.position_embedding) n += c.max_len * d;
+  int64_t block = 4 * d                      // ln1, ln2
+                  + 3 * d * d + 3 * d        // fused qkv
+                  + d * d + d                // output projection
+                  + d * c.d_ff + c.d_ff      // fc1
+                  + c.d_ff * d + d;          // fc2
+  if (c.qk_norm) block += 4 * c.head_dim();
+  if (c.layer_scale > 0) block += 2 * d;
+  n += c.n_layers * block;
+  if (c.norm == "pre") n += 2 * d;           // final LayerNorm
+  n += d * d + d + 2 * d + V;                // head: dense, LayerNorm, bias (weight tied)
+  return n;
+}
+
+double training_flops(const ModelConfig& c, int64_t params, const int32_t* lengths, int64_t n) {
+  double tokens = 0, sq = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    tokens += lengths[i];
+    sq += static_cast<double>(lengths[i]) * lengths[i];
+  }
+  return 6.0 * static_cast<double>(params) * tokens +
+         12.0 * static_cast<double>(c.n_layers) * static_cast<double>(c.d_model) * sq;
+}
+
+Inputs to_inputs(const data::Batch& b, const torch::Device& device) {
+  const int64_t B = b.batch_size, N = b.seq_len;
+  if (static_cast<int64_t>(b.tokens.size()) != B * N || static_cast<int64_t>(b.lengths.size()) != B)
+    throw std::invalid_argument(str("to_inputs: batch of ", B, " x ", N, " has ", b.tokens.size(),
+                                    " tokens and ", b.lengths.size(), " lengths"));
+  auto i32 = torch::TensorOptions().dtype(torch::kInt);
+  Inputs in;
+  in.tokens = torch::from_blob(const_cast<int32_t*>(b.tokens.data()), {B, N}, i32).to(torch::kLong);
+  if (!b.bins.empty())
+    in.bins = torch::from_blob(const_cast<int32_t*>(b.bins.data()), {B, N}, i32).to(torch::kLong);
+  in.lengths = torch::from_blob(const_cast<int32_t*>(b.lengths.data()), {B}, i32).clone();
+  in.labels = torch::from_blob(const_cast<int32_t*>(b.labels.data()), {B, N}, i32).to(torch::kLong);
+  std::vector<int64_t> pos, tgt;
+  for (int64_t i = 0; i < B * N; ++i)
+    if (b.labels[i] != data::kIgnoreLabel) {
+      pos.push_back(i);
+      tgt.push_back(b.labels[i]);
+    }
+  in.masked_positions = torch::tensor(pos, torch::kLong);
+  in.masked_targets = torch::tensor(tgt, torch::kLong);
+  in.max_length = 0;
+  in.min_length = N;
+  for (int32_t l : b.lengths) {
+    in.max_length = std::max<int64_t>(in.max_length, l);
+    in.min_length = std::min<int64_t>(in.min_length, l);
+  }
+  if (device != torch::Device(torch::kCPU)) {
+    for (auto* t : {&in.tokens, &in.bins, &in.lengths, &in.labels, &in.masked_positions,
+                    &in.masked_targets})
+      if (t->defined()) *t = t->to(device);
+  }
+  return in;
+}
+
+// ---- Attention ----------------------------------------------------------------
+
+AttentionImpl::AttentionImpl(const ModelConfig& c) : c_(c), sigmoid_(c.attention == "sigmoid") {
+  qkv = register_module("qkv", torch::nn::Linear(c.d_model, 3 * c.d_model));
+  proj = register_module("proj", torch::nn::Linear(c.d_model, c.d_model));
+  if (c.qk_norm) {
+    auto o = torch::nn::LayerNormOptions({c.head_dim()}).eps(c.ln_eps);
+    q_norm = register_module("q_norm", torch::nn::LayerNorm(o));
+    k_norm = register_module("k_norm", torch::nn::LayerNorm(o));
+  }
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
+  const int64_t B = x.size(0), N = x.size(1), H = c_.n_heads, Dh = c_.head_dim();
+  auto fused = qkv(x).view({B, N, 3, H, Dh});
+  // Strided views [B, N, H, Dh] into the fused projection: no copies.
+  auto q = fused.select(2, 0), k = fused.select(2, 1), v = fused.select(2, 2);
+  if (c_.qk_norm) {
+    // Under autocast LayerNorm returns float32: bring q, k back to v's dtype.
+    q = q_norm(q).to(v.scalar_type());
+    k = k_norm(k).to(v.scalar_type());
+  }
+  torch::Tensor o;
+  if (sigmoid_) {
+    kernels::SigmoidAttentionOptions opts;
+    opts.bias = c_.sigmoid_bias;
+    o = kernels::sigmoid_attention(q, k, v, ctx.lengths, opts).view({B, N, c_.d_model});
+  } else {
+    std::optional<at::Tensor> mask;
+    if (ctx.key_mask.defined()) mask = ctx.key_mask;
+    const double p = is_training() ? c_.dropout : 0.0;
+    o = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         mask, p, /*is_causal=*/false)
+            .transpose(1, 2)
+            .reshape({B, N, c_.d_model});
+  }
+  return proj(o);
+}
+
+// ---- Feed-forward and block ------------------------------------------------------
+
+FeedForwardImpl::FeedForwardImpl(const ModelConfig& c) {
+  fc1 = register_module("fc1", torch::nn::Linear(c.d_model, c.d_ff));
+  fc2 = register_module("fc2", torch::nn::Linear(c.d_ff, c.d_model));
+}
+
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) { return fc2(torch::gelu(fc1(x))); }
+
+BlockImpl::BlockImpl(const ModelConfig& c) : pre_ln_(c.norm == "pre"), dropout_(c.dropout) {
+  auto o = torch::nn::LayerNormOptions({c.d_model}).eps(c.ln_eps);
+  ln1 = register_module("ln1", torch::nn::LayerNorm(o));
+  attn = register_module("attn", Attention(c));
+  ln2 = register_module("ln2", torch::nn::LayerNorm(o));
+  ffn = register_module("ffn", FeedForward(c));
+  if (c.layer_scale > 0) {
+    gamma1 = register_parameter("gamma1", torch::full({c.d_model}, c.layer_scale));
+    gamma2 = register_parameter("gamma2", torch::full({c.d_model}, c.layer_scale));
+  }
+}
+
+torch::Tensor BlockImpl::forward(const torch::Tensor& x_in, const AttentionContext& ctx) {
+  auto branch = [&](torch::Tensor y, const torch::Tensor& gamma) {
+    if (gamma.defined()) y = y * gamma;
+    if (dropout_ > 0) y = torch::dropout(y, dropout_, is_training());
+    return y;
+  };
+  torch::Tensor x = x_in;
+  if (pre_ln_) {
+    x = x + branch(attn(ln1(x), ctx), gamma1);
+    x = x + branch(ffn(ln2(x)), gamma2);
+  } else {
+    x = ln1(x + branch(attn(x, ctx), gamma1));
+    x = ln2(x + branch(ffn(x), gamma2));
+  }
+  return x;
+}
+
+// ---- Model -------------------------------------------------------------------------
+
+ModelImpl::ModelImpl(const ModelConfig& c) : c_(c) {
+  c.validate();
+  const int64_t d = c.d_model;
+  auto ln = torch::nn::LayerNormOptions({d}).eps(c.ln_eps);
+  gene_emb = register_module("gene_emb", torch::nn::Embedding(c.vocab_size, d));
+  if (c.n_bins > 0) bin_emb = register_module("bin_emb", torch::nn::Embedding(c.n_bins, d));
+  if (c.position_embedding) pos_emb = register_module("pos_emb", torch::nn::Embedding(c.max_len, d));
+  emb_norm = register_module("emb_norm", torch::nn::LayerNorm(ln));
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.n_layers; ++i) blocks->push_back(Block(c));
+  if (c.norm == "pre") final_norm = register_module("final_norm", torch::nn::LayerNorm(ln));
+  head_dense = register_module("head_dense", torch::nn::Linear(d, d));
+  head_norm = register_module("head_norm", torch::nn::LayerNorm(ln));
+  head_bias = register_parameter("head_bias", torch::zeros({c.vocab_size}));
+
+  // Initialization: N(0, init_std) for matrices and embeddings, zero biases; the projections
+  // that write into the residual stream are scaled down by sqrt(2 * n_layers).
+  torch::NoGradGuard no_grad;
+  const double out_std = c.init_std / std::sqrt(2.0 * static_cast<double>(c.n_layers));
+  for (auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    auto& p = item.value();
+    if (name.find("norm") != std::string::npos || name.find(".ln") != std::string::npos ||
+        name.find("gamma") != std::string::npos)
+      continue;  // LayerNorm weights/biases and LayerScale keep their initial values
+    if (p.dim() == 1) {
+      p.zero_();
+    } else if (name.find("proj.weight") != std::string::npos ||
+               name.find("fc2.weight") != std::string::npos) {
+      p.normal_(0.0, out_std);
+    } else {
+      p.normal_(0.0, c.init_std);
+    }
+  }
+}
+
+torch::Tensor ModelImpl::forward(const Inputs& in) {
+  const int64_t B = in.tokens.size(0), N = in.tokens.size(1);
+  TORCH_CHECK(N <= c_.max_len || !c_.position_embedding, "sequence of ", N,
+              " tokens exceeds model.max_len ", c_.max_len);
+  auto h = gene_emb(in.tokens);
+  if (bin_emb) {
+    TORCH_CHECK(in.bins.defined(), "model.n_bins > 0 but the batch has no expression bins");
+    h = h + bin_emb(in.bins);
+  }
+  if (pos_emb) h = h + pos_emb->weight.narrow(0, 0, N).unsqueeze(0);
+  h = emb_norm(h);
+  if (c_.dropout > 0) h = torch::dropout(h, c_.dropout, is_training());
+
+  AttentionContext ctx;
+  ctx.lengths = in.lengths.to(h.device(), torch::kInt);
+  // SDPA: a key-padding mask only when some sequence is shorter than N, so that unpadded
+  // batches keep the fastest (flash) backend.
+  if (c_.attention == "softmax" && in.min_length < N) {
+    auto pos = torch::arange(N, torch::TensorOptions().dtype(torch::kInt).device(h.device()));
+    ctx.key_mask = (pos.unsqueeze(0) < ctx.lengths.unsqueeze(1)).view({B, 1, 1, N});
+  }
+  for (const auto& m : *blocks) h = m->as<Block>()->forward(h, ctx);
+  if (final_norm) h = final_norm(h);
+  return h;
+}
+
+MlmOutput ModelImpl::mlm(const torch::Tensor& hidden, const torch::Tensor& labels) {
+  auto flat = labels.reshape({-1});
+  auto pos = (flat != data::kIgnoreLabel).nonzero().squeeze(1);
+  return mlm(hidden, pos, flat.index_select(0, pos));
+}
+
+MlmOutput ModelImpl::mlm(const torch::Tensor& hidden, const torch::Tensor& positions,
+                         const torch::Tensor& targets) {
+  MlmOutput out;
+  out.n_masked = positions.size(0);
+  auto h = hidden.reshape({-1, c_.d_model}).index_select(0, positions);  // [M, d]
+  h = head_norm(torch::gelu(head_dense(h)));
+  out.logits = torch::nn::functional::linear(h, gene_emb->weight, head_bias);  // [M, V]
+  out.targets = targets;
+  if (out.n_masked == 0)
+    out.loss = out.logits.sum().to(torch::kFloat) * 0.0;  // keeps the graph; no NaN
+  else
+    out.loss = torch::nn::functional::cross_entropy(out.logits.to(torch::kFloat), targets);
+  return out;
+}
+
+MlmOutput ModelImpl::mlm(const torch::Tensor& hidden, const Inputs& in) {
+  if (in.masked_positions.defined()) return mlm(hidden, in.masked_positions, in.masked_targets);
+  return mlm(hidden, in.labels);
+}
+
+int64_t ModelImpl::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+std::vector<std::string> ModelImpl::block_names() const {
+  std::vector<std::string> names{"embed"};
+  for (int64_t i = 0; i < c_.n_layers; ++i) names.push_back(str("block", i));
+  names.push_back("head");
+  return names;
+}
+
+std::vector<std::vector<torch::Tensor>> ModelImpl::parameter_groups() const {
+  std::vector<std::vector<torch::Tensor>> groups(c_.n_layers + 2);
+  for (const auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    size_t g = groups.size() - 1;  // head: final_norm, head_*
+    if (name.rfind("gene_emb", 0) == 0 || name.rfind("bin_emb", 0) == 0 ||
+        name.rfind("pos_emb", 0) == 0 || name.rfind("emb_norm", 0) == 0) {
+      g = 0;
+    } else if (name.rfind("blocks.", 0) == 0) {
+      g = 1 + std::stoul(name.substr(7, name.find('.', 7) - 7));
+    }
+    groups[g].push_back(item.value());
+  }
+  return groups;
+}
+
+}  // namespace sctrain::model

@@ -1,0 +1,115 @@
+// The transformer encoder for masked gene modelling.
+//
+//   tokens [B, N] (CLS first, PAD past length) -> gene embedding (+ bin, + position)
+//   -> LayerNorm -> n_layers x Block -> final LayerNorm (pre-LN) -> hidden [B, N, d]
+//   hidden at masked positions -> dense, GELU, LayerNorm -> tied gene embedding -> logits [M, V]
+//   hidden[:, 0] (CLS) is the cell embedding.
+//
+// Attention is softmax (at::scaled_dot_product_attention: flash/cuDNN/mem-efficient on GPU)
+// or sigmoid (sctrain::kernels::sigmoid_attention). Include only from .cpp files.
+#pragma once
+#include <torch/nn.h>
+
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace sctrain::data { struct Batch; }
+
+namespace sctrain::model {
+
+// A Batch as tensors on one device.
+struct Inputs {
+  torch::Tensor tokens;   // [B, N] int64
+  torch::Tensor bins;     // [B, N] int64, or undefined when the batch has no bins
+  torch::Tensor lengths;  // [B] int32, unpadded lengths (CLS included)
+  torch::Tensor labels;   // [B, N] int64, data::kIgnoreLabel where no loss
+  torch::Tensor masked_positions;  // [M] int64 flat indices b*N+i of masked tokens (from the host)
+  torch::Tensor masked_targets;    // [M] int64 their labels
+  int64_t max_length = 0;  // max(lengths), known on the host
+  int64_t min_length = 0;  // min(lengths): < N means the batch is padded
+};
+Inputs to_inputs(const data::Batch& b, const torch::Device& device);
+
+// What the attention layers share in one forward pass.
+struct AttentionContext {
+  torch::Tensor lengths;   // [B] int32 on the device
+  torch::Tensor key_mask;  // [B, 1, 1, N] bool (true = attend), undefined when nothing is padded
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);  // [B, N, d]
+  torch::nn::Linear qkv{nullptr}, proj{nullptr};
+  torch::nn::LayerNorm q_norm{nullptr}, k_norm{nullptr};
+
+ private:
+  ModelConfig c_;
+  bool sigmoid_ = false;
+};
+TORCH_MODULE(Attention);
+
+class FeedForwardImpl : public torch::nn::Module {
+ public:
+  explicit FeedForwardImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+};
+TORCH_MODULE(FeedForward);
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  explicit BlockImpl(const ModelConfig& c);
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  Attention attn{nullptr};
+  FeedForward ffn{nullptr};
+  torch::Tensor gamma1, gamma2;  // LayerScale, undefined when off
+
+ private:
+  bool pre_ln_ = true;
+  double dropout_ = 0.0;
+};
+TORCH_MODULE(Block);
+
+struct MlmOutput {
+  torch::Tensor loss;     // scalar float32: mean cross-entropy over masked positions
+  torch::Tensor logits;   // [M, V] at the masked positions
+  torch::Tensor targets;  // [M] int64
+  int64_t n_masked = 0;
+};
+
+class ModelImpl : public torch::nn::Module {
+ public:
+  explicit ModelImpl(const ModelConfig& c);
+  // Hidden states [B, N, d] after the final norm.
+  torch::Tensor forward(const Inputs& in);
+  // Logits only at masked positions (labels != kIgnoreLabel): gather rows, then project.
+  MlmOutput mlm(const torch::Tensor& hidden, const Inputs& in);
+  MlmOutput mlm(const torch::Tensor& hidden, const torch::Tensor& labels);
+  MlmOutput mlm(const torch::Tensor& hidden, const torch::Tensor& positions,
+                const torch::Tensor& targets);
+  // Cell embeddings: the CLS output, [B, d].
+  static torch::Tensor cell_embedding(const torch::Tensor& hidden) { return hidden.select(1, 0); }
+
+  const ModelConfig& config() const { return c_; }
+  int64_t num_parameters() const;
+  std::vector<std::string> block_names() const;  // "embed", "block0".., "head"
+  // Parameters by block_names() group, for per-block gradient norms.
+  std::vector<std::vector<torch::Tensor>> parameter_groups() const;
+
+  torch::nn::Embedding gene_emb{nullptr}, bin_emb{nullptr}, pos_emb{nullptr};
+  torch::nn::LayerNorm emb_norm{nullptr}, final_norm{nullptr};
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::Linear head_dense{nullptr};
+  torch::nn::LayerNorm head_norm{nullptr};
+  torch::Tensor head_bias;  // [V]; the head's weight is gene_emb.weight
+
+ private:
+  ModelConfig c_;
+};
+TORCH_MODULE(Model);
+
+}  // namespace sctrain::model
