@@ -27,6 +27,7 @@ SourceSpec parse_source(const std::string& arg, const std::string& default_matri
 
 struct PrepareOptions {
   std::vector<SourceSpec> sources;
+  std::string default_matrix = "X";  // for open_corpus's arguments without ":MATRIX"
   TokenizeConfig tokenize;
   std::string gene_table;   // human_genes.tsv; "" = match names exactly, no table
   std::string vocab_file;   // vocab.tsv to use; "" = build the vocabulary from the data

@@ -52,6 +52,7 @@ class Loader {
  public:
   // Tokenizes this rank's cells (train and validation) up front, from corpus.rows when the
   // corpus kept them, else by reading the files. Throws when this rank has no train cell.
+  // The loader keeps what it needs: the corpus may go away afterwards.
   Loader(const PreparedCorpus& corpus, LoaderConfig cfg, int rank = 0, int world_size = 1);
   ~Loader();  // stops and joins the workers
   Loader(const Loader&) = delete;
@@ -71,7 +72,8 @@ class Loader {
   int64_t batches_per_epoch() const;   // this rank
   int64_t epoch_of_next() const { return state().epoch; }
   const LoaderConfig& config() const;
-  const PreparedCorpus& corpus() const;
+  int32_t vocab_size() const;
+  TokenMode mode() const;
 
   struct Impl;
 

@@ -1,0 +1,393 @@
+#include "data/corpus.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <stdexcept>
+
+#include "data/gene_table.h"
+#include "data/source_reader.h"
+#include "util/json.h"
+#include "util/log.h"
+
+namespace sctrain::data {
+
+namespace fs = std::filesystem;
+
+SourceSpec parse_source(const std::string& arg, const std::string& default_matrix) {
+  // FILE:MATRIX where MATRIX is X, raw/X or layers/NAME; otherwise the whole arg is a path.
+  auto colon = arg.rfind(':');
+  if (colon != std::string::npos && colon > 0) {
+    std::string m = arg.substr(colon + 1);
+    if (m == "X" || m == "raw/X" || m.rfind("layers/", 0) == 0) return {arg.substr(0, colon), m};
+  }
+  return {arg, default_matrix};
+}
+
+std::pair<int, int64_t> PreparedCorpus::locate(int64_t cell_id) const {
+  for (int s = 0; s < static_cast<int>(sources.size()); ++s)
+    if (cell_id >= sources[s].first_cell && cell_id < sources[s].first_cell + sources[s].n_cells)
+      return {s, cell_id - sources[s].first_cell};
+  throw std::out_of_range(str("cell id ", cell_id, " outside the corpus (", n_cells, " cells)"));
+}
+
+namespace {
+
+constexpr int64_t kChunkRows = 1024;
+
+// Median as numpy computes it: the mean of the two middle values for an even count.
+double median_of(std::vector<double>& v) {
+  if (v.empty()) return 0;
+  const size_t n = v.size(), mid = n / 2;
+  std::nth_element(v.begin(), v.begin() + mid, v.end());
+  double hi = v[mid];
+  if (n % 2) return hi;
+  double lo = *std::max_element(v.begin(), v.begin() + mid);
+  return (lo + hi) / 2;
+}
+
+struct Progress {
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now(), last = start;
+  bool on;
+  explicit Progress(bool enabled) : on(enabled) {}
+  double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); }
+  void tick(const std::string& what, int64_t done, int64_t total) {
+    if (!on) return;
+    auto now = std::chrono::steady_clock::now();
+    if (std::chrono::duration<double>(now - last).count() < 2.0 && done < total) return;
+    last = now;
+    double s = seconds();
+    log::info(str(what, ": ", done, "/", total, " cells, ", static_cast<int64_t>(done / std::max(s, 1e-9)), " cells/s"));
+  }
+};
+
+}  // namespace
+
+PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
+  if (opts.sources.empty()) throw std::invalid_argument("prepare: no input files");
+  if (opts.tokenize.max_len < 2) throw std::invalid_argument(str("max_len must be >= 2, got ", opts.tokenize.max_len));
+  if (opts.tokenize.n_bins < 2 || opts.tokenize.n_bins > 256)
+    throw std::invalid_argument(str("n_bins must be in [2, 256], got ", opts.tokenize.n_bins));
+  PreparedCorpus c;
+  c.tokenize = opts.tokenize;
+
+  std::optional<GeneTable> table;
+  if (!opts.gene_table.empty()) {
+    table = GeneTable::load(opts.gene_table);
+    log::info(str("gene table ", opts.gene_table, ": ", table->size(), " genes"));
+  }
+  const bool fixed_vocab = !opts.vocab_file.empty();
+  if (fixed_vocab) c.vocab = Vocabulary::load(opts.vocab_file);
+
+  // 1. Genes of every source -> canonical names.
+  std::vector<OpenedMatrix> opened;
+  std::vector<std::vector<std::string>> canon(opts.sources.size());
+  int64_t next_cell = 0;
+  for (size_t s = 0; s < opts.sources.size(); ++s) {
+    const SourceSpec& spec = opts.sources[s];
+    opened.push_back(open_matrix(spec.path, spec.matrix));
+    const io::MatrixInfo& info = opened.back().matrix.info();
+    SourceInfo si;
+    si.path = spec.path;
+    si.matrix = spec.matrix;
+    si.n_cells = info.n_rows;
+    si.n_genes = info.n_cols;
+    si.first_cell = next_cell;
+    next_cell += info.n_rows;
+    std::vector<std::string> names = opened.back().file.var_names(spec.matrix);
+    if (static_cast<int64_t>(names.size()) != info.n_cols)
+      throw std::runtime_error(str(spec.path, ": ", spec.matrix, " has ", info.n_cols, " columns but ", names.size(), " gene names"));
+    for (const auto& name : names) {
+      std::optional<std::string> cn = table ? table->canonical(name) : std::nullopt;
+      bool known = cn.has_value();
+      std::string token = known ? *cn : strip_ensembl_version(name);
+      if (fixed_vocab) {
+        if (c.vocab.find(token) < 0 && c.vocab.find(name) >= 0) token = name;
+        known = c.vocab.find(token) >= 0;
+      }
+      if (!table && !fixed_vocab) known = true;  // names taken as they are
+      if (known) ++si.genes_mapped;
+      else si.genes_unmapped.push_back(name);
+      canon[s].push_back(token);
+    }
+    c.sources.push_back(std::move(si));
+  }
+  c.n_cells = next_cell;
+
+  // 2. The vocabulary: sorted canonical names of all sources (unless given).
+  if (!fixed_vocab) {
+    std::set<std::string> all;
+    for (const auto& names : canon) all.insert(names.begin(), names.end());
+    for (int32_t i = 0; i < kNumSpecial; ++i) all.erase(Vocabulary::special_name(i));
+    c.vocab = Vocabulary::from_genes(std::vector<std::string>(all.begin(), all.end()));
+  }
+  for (size_t s = 0; s < c.sources.size(); ++s) {
+    SourceInfo& si = c.sources[s];
+    si.column_token.resize(si.n_genes);
+    std::vector<uint8_t> seen(c.vocab.size(), 0);
+    for (int64_t j = 0; j < si.n_genes; ++j) {
+      int32_t t = c.vocab.find(canon[s][j]);
+      si.column_token[j] = t;
+      if (t < 0) {
+        ++si.genes_dropped;
+      } else if (seen[t]) {
+        ++si.duplicate_columns;
+      } else {
+        seen[t] = 1;
+      }
+    }
+    std::string msg = str(si.path, " [", si.matrix, "]: ", si.n_cells, " cells x ", si.n_genes, " genes; ",
+                          si.genes_mapped, " mapped, ", si.genes_unmapped.size(), " not in the ",
+                          fixed_vocab ? "vocabulary" : (table ? "gene table" : "table"));
+    if (!si.genes_unmapped.empty()) {
+      msg += " (e.g.";
+      for (size_t i = 0; i < std::min<size_t>(5, si.genes_unmapped.size()); ++i) msg += " " + si.genes_unmapped[i];
+      msg += fixed_vocab ? "; dropped)" : "; kept as their own tokens)";
+    }
+    if (si.duplicate_columns) msg += str("; ", si.duplicate_columns, " duplicate columns summed");
+    log::info(msg);
+    if (si.genes_dropped == si.n_genes)
+      throw std::runtime_error(str(si.path, ": none of the ", si.n_genes, " genes of ", si.matrix,
+                                   " is in the vocabulary ", opts.vocab_file));
+  }
+
+  // 3. One pass over the cells: normalised values per gene (for medians), token counts.
+  std::vector<std::vector<double>> expressed(c.vocab.size());
+  auto rows = opts.keep_rows ? std::make_shared<std::vector<io::CellRows>>() : nullptr;
+  Progress progress(opts.progress);
+  int64_t done = 0;
+  CellGenes cell;
+  for (size_t s = 0; s < c.sources.size(); ++s) {
+    SourceInfo& si = c.sources[s];
+    if (rows) rows->emplace_back().n_cols = si.n_genes;
+    const bool dups = si.has_duplicates();
+    for_each_chunk(opened[s].matrix, kChunkRows, [&](const io::CellRows& chunk, int64_t begin) {
+      for (int64_t r = 0; r < chunk.n_rows(); ++r) {
+        const int64_t a = chunk.indptr[r], n = chunk.row_nnz(r);
+        try {
+          gather_cell({chunk.indices.data() + a, static_cast<size_t>(n)}, {chunk.values.data() + a, static_cast<size_t>(n)},
+                      si.column_token, dups, cell, &si.negative_values);
+        } catch (const std::invalid_argument& e) {
+          throw std::runtime_error(str(si.path, ": ", si.matrix, " cell ", begin + r, ": ", e.what()));
+        }
+        if (cell.tokens.empty()) {
+          ++si.cells_empty;
+          continue;
+        }
+        for (size_t i = 0; i < cell.tokens.size(); ++i)
+          expressed[cell.tokens[i]].push_back(normalised(cell.values[i], cell.total, c.tokenize.target_sum));
+        int64_t len = 1 + std::min<int64_t>(cell.tokens.size(), c.tokenize.max_len - 1);
+        c.stats.n_cells++;
+        c.stats.tokens_total += len;
+        c.stats.tokens_max = std::max(c.stats.tokens_max, len);
+      }
+      if (rows) append_rows(rows->back(), chunk);
+      done += chunk.n_rows();
+      progress.tick("prepare", done, c.n_cells);
+    });
+    if (si.cells_empty)
+      log::warn(str(si.path, ": skipped ", si.cells_empty, " cells with no expressed gene in the vocabulary"));
+    if (si.negative_values)
+      log::warn(str(si.path, ": ", si.matrix, " has ", si.negative_values,
+                    " negative values (treated as not expressed); is it scaled? counts are usually in X, raw/X or a layer"));
+  }
+  if (c.stats.n_cells == 0) throw std::runtime_error("prepare: no cell has an expressed gene in the vocabulary");
+  c.stats.tokens_mean = static_cast<double>(c.stats.tokens_total) / c.stats.n_cells;
+
+  c.gene_medians.assign(c.vocab.size(), 0.0);
+  for (int32_t t = kNumSpecial; t < c.vocab.size(); ++t) c.gene_medians[t] = median_of(expressed[t]);
+  c.rows = rows;
+  log::info(str("prepared ", c.stats.n_cells, " cells, ", c.vocab.n_genes(), " genes in ", progress.seconds(), " s (",
+                static_cast<int64_t>(c.n_cells / std::max(progress.seconds(), 1e-9)), " cells/s); tokens/cell mean ",
+                c.stats.tokens_mean, ", max ", c.stats.tokens_max));
+  return c;
+}
+
+// ---- summary and manifest ------------------------------------------------------
+
+namespace {
+void write_summary(json::Writer& w, const PreparedCorpus& c, bool full_lists) {
+  int64_t unmapped = 0, empty = 0;
+  for (const auto& s : c.sources) {
+    unmapped += static_cast<int64_t>(s.genes_unmapped.size());
+    empty += s.cells_empty;
+  }
+  w.begin_object();
+  w.field("n_cells", c.stats.n_cells);
+  w.field("n_cells_total", c.n_cells);
+  w.field("cells_empty", empty);
+  w.field("n_genes", static_cast<int64_t>(c.vocab.n_genes()));
+  w.field("vocab_size", static_cast<int64_t>(c.vocab.size()));
+  w.field("genes_unmapped", unmapped);
+  w.field("tokens_mean", c.stats.tokens_mean);
+  w.field("tokens_max", c.stats.tokens_max);
+  w.field("tokens_total", c.stats.tokens_total);
+  w.field("mode", mode_name(c.tokenize.mode));
+  w.field("max_len", static_cast<int64_t>(c.tokenize.max_len));
+  w.field("n_bins", static_cast<int64_t>(c.tokenize.n_bins));
+  w.key("files").begin_array();
+  for (const auto& s : c.sources) {
+    w.begin_object();
+    w.field("path", s.path).field("matrix", s.matrix);
+    w.field("n_cells", s.n_cells).field("n_genes", s.n_genes);
+    w.field("genes_mapped", s.genes_mapped);
+    w.field("genes_unmapped", static_cast<int64_t>(s.genes_unmapped.size()));
+    w.field("genes_dropped", s.genes_dropped);
+    w.field("duplicate_columns", s.duplicate_columns);
+    w.field("cells_empty", s.cells_empty);
+    w.field("negative_values", s.negative_values);
+    std::vector<std::string> names = s.genes_unmapped;
+    if (!full_lists && names.size() > 20) names.resize(20);
+    w.field(full_lists ? "unmapped" : "unmapped_first", names);
+    w.end_object();
+  }
+  w.end_array();
+  w.end_object();
+}
+}  // namespace
+
+std::string summary_json(const PreparedCorpus& c) {
+  json::Writer w;
+  write_summary(w, c, false);
+  return w.str();
+}
+
+void save_corpus(const PreparedCorpus& c, const std::string& dir) {
+  fs::create_directories(dir);
+  c.vocab.save((fs::path(dir) / "vocab.tsv").string());
+  {
+    std::ofstream out(fs::path(dir) / "gene_medians.tsv");
+    out << "token\tname\tmedian\n";
+    char buf[64];
+    for (int32_t t = kNumSpecial; t < c.vocab.size(); ++t) {
+      std::snprintf(buf, sizeof buf, "%.17g", c.gene_medians[t]);
+      out << t << '\t' << c.vocab.name(t) << '\t' << buf << '\n';
+    }
+    if (!out) throw std::runtime_error(str(dir, "/gene_medians.tsv: write failed"));
+  }
+  for (size_t s = 0; s < c.sources.size(); ++s) {
+    std::ofstream out(fs::path(dir) / str("columns_", s, ".tsv"));
+    out << "column\ttoken\n";
+    for (size_t j = 0; j < c.sources[s].column_token.size(); ++j) out << j << '\t' << c.sources[s].column_token[j] << '\n';
+  }
+  json::Writer w;
+  w.begin_object();
+  w.field("format", "sctrain-prepared-1");
+  w.key("tokenize").begin_object();
+  w.field("mode", mode_name(c.tokenize.mode));
+  w.field("max_len", static_cast<int64_t>(c.tokenize.max_len));
+  w.field("n_bins", static_cast<int64_t>(c.tokenize.n_bins));
+  w.field("target_sum", c.tokenize.target_sum);
+  w.end_object();
+  w.field("n_cells", c.n_cells);
+  w.key("sources").begin_array();
+  for (size_t s = 0; s < c.sources.size(); ++s) {
+    const SourceInfo& si = c.sources[s];
+    w.begin_object();
+    w.field("path", fs::absolute(si.path).string()).field("matrix", si.matrix);
+    w.field("n_cells", si.n_cells).field("n_genes", si.n_genes).field("first_cell", si.first_cell);
+    w.field("columns", str("columns_", s, ".tsv"));
+    w.field("genes_mapped", si.genes_mapped).field("genes_dropped", si.genes_dropped);
+    w.field("duplicate_columns", si.duplicate_columns).field("cells_empty", si.cells_empty);
+    w.field("negative_values", si.negative_values);
+    w.field("genes_unmapped", si.genes_unmapped);
+    w.end_object();
+  }
+  w.end_array();
+  w.key("stats").begin_object();
+  w.field("n_cells", c.stats.n_cells).field("tokens_mean", c.stats.tokens_mean);
+  w.field("tokens_max", c.stats.tokens_max).field("tokens_total", c.stats.tokens_total);
+  w.end_object();
+  w.key("summary");
+  write_summary(w, c, false);
+  w.end_object();
+  std::ofstream out(fs::path(dir) / "manifest.json");
+  out << w.str() << '\n';
+  if (!out) throw std::runtime_error(str(dir, "/manifest.json: write failed"));
+}
+
+PreparedCorpus load_corpus(const std::string& dir) {
+  const fs::path manifest = fs::path(dir) / "manifest.json";
+  if (!fs::exists(manifest)) throw std::runtime_error(str(dir, ": not a prepared corpus (no manifest.json)"));
+  YAML::Node m;
+  try {
+    m = YAML::LoadFile(manifest.string());
+  } catch (const std::exception& e) {
+    throw std::runtime_error(str(manifest.string(), ": ", e.what()));
+  }
+  if (!m["format"] || m["format"].as<std::string>() != "sctrain-prepared-1")
+    throw std::runtime_error(str(manifest.string(), ": unknown format (expected sctrain-prepared-1)"));
+  PreparedCorpus c;
+  c.vocab = Vocabulary::load((fs::path(dir) / "vocab.tsv").string());
+  c.tokenize.mode = parse_mode(m["tokenize"]["mode"].as<std::string>());
+  c.tokenize.max_len = m["tokenize"]["max_len"].as<int32_t>();
+  c.tokenize.n_bins = m["tokenize"]["n_bins"].as<int32_t>();
+  c.tokenize.target_sum = m["tokenize"]["target_sum"].as<double>();
+  c.n_cells = m["n_cells"].as<int64_t>();
+  for (const auto& s : m["sources"]) {
+    SourceInfo si;
+    si.path = s["path"].as<std::string>();
+    si.matrix = s["matrix"].as<std::string>();
+    si.n_cells = s["n_cells"].as<int64_t>();
+    si.n_genes = s["n_genes"].as<int64_t>();
+    si.first_cell = s["first_cell"].as<int64_t>();
+    si.genes_mapped = s["genes_mapped"].as<int64_t>();
+    si.genes_dropped = s["genes_dropped"].as<int64_t>();
+    si.duplicate_columns = s["duplicate_columns"].as<int64_t>();
+    si.cells_empty = s["cells_empty"].as<int64_t>();
+    si.negative_values = s["negative_values"].as<int64_t>();
+    for (const auto& g : s["genes_unmapped"]) si.genes_unmapped.push_back(g.as<std::string>());
+    const fs::path cols = fs::path(dir) / s["columns"].as<std::string>();
+    std::ifstream in(cols);
+    if (!in) throw std::runtime_error(str(cols.string(), ": cannot open"));
+    std::string header;
+    std::getline(in, header);
+    si.column_token.assign(si.n_genes, -1);
+    int64_t j;
+    int32_t t;
+    int64_t n = 0;
+    while (in >> j >> t) {
+      if (j < 0 || j >= si.n_genes || t >= c.vocab.size())
+        throw std::runtime_error(str(cols.string(), ": bad row ", j, " ", t));
+      si.column_token[j] = t;
+      ++n;
+    }
+    if (n != si.n_genes) throw std::runtime_error(str(cols.string(), ": ", n, " rows, expected ", si.n_genes));
+    c.sources.push_back(std::move(si));
+  }
+  c.stats.n_cells = m["stats"]["n_cells"].as<int64_t>();
+  c.stats.tokens_mean = m["stats"]["tokens_mean"].as<double>();
+  c.stats.tokens_max = m["stats"]["tokens_max"].as<int64_t>();
+  c.stats.tokens_total = m["stats"]["tokens_total"].as<int64_t>();
+  c.gene_medians.assign(c.vocab.size(), 0.0);
+  const fs::path med = fs::path(dir) / "gene_medians.tsv";
+  std::ifstream in(med);
+  if (!in) throw std::runtime_error(str(med.string(), ": cannot open"));
+  std::string line;
+  std::getline(in, line);
+  while (std::getline(in, line)) {
+    auto a = line.find('\t'), b = line.rfind('\t');
+    if (a == std::string::npos || a == b) throw std::runtime_error(str(med.string(), ": bad line '", line, "'"));
+    int32_t t = std::stoi(line.substr(0, a));
+    if (t < kNumSpecial || t >= c.vocab.size()) throw std::runtime_error(str(med.string(), ": token ", t, " out of range"));
+    c.gene_medians[t] = std::strtod(line.c_str() + b + 1, nullptr);
+  }
+  return c;
+}
+
+PreparedCorpus open_corpus(const std::vector<std::string>& data, PrepareOptions opts) {
+  if (data.size() == 1 && fs::is_directory(data[0])) return load_corpus(data[0]);
+  opts.sources.clear();
+  for (const auto& d : data) opts.sources.push_back(parse_source(d, opts.default_matrix));
+  opts.keep_rows = true;
+  return prepare_corpus(opts);
+}
+
+}  // namespace sctrain::data

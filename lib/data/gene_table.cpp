@@ -1,0 +1,114 @@
+#include "data/gene_table.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+#include "util/log.h"
+
+namespace sctrain::data {
+
+namespace {
+std::vector<std::string_view> split(std::string_view s, char sep) {
+  std::vector<std::string_view> out;
+  size_t start = 0;
+  for (;;) {
+    size_t p = s.find(sep, start);
+    out.push_back(s.substr(start, p == std::string_view::npos ? std::string_view::npos : p - start));
+    if (p == std::string_view::npos) break;
+    start = p + 1;
+  }
+  return out;
+}
+bool is_ensembl(std::string_view s) { return s.size() > 4 && s.substr(0, 3) == "ENS"; }
+}  // namespace
+
+std::string strip_ensembl_version(std::string_view name) {
+  if (is_ensembl(name)) {
+    auto dot = name.rfind('.');
+    if (dot != std::string_view::npos && dot + 1 < name.size()) {
+      bool digits = true;
+      for (size_t i = dot + 1; i < name.size(); ++i) digits &= (name[i] >= '0' && name[i] <= '9');
+      if (digits) return std::string(name.substr(0, dot));
+    }
+  }
+  return std::string(name);
+}
+
+GeneTable GeneTable::load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(str(path, ": cannot open the gene table"));
+  GeneTable t;
+  std::string line;
+  int64_t lineno = 0;
+  int col_symbol = -1, col_ensembl = -1, col_aliases = -1;
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    auto f = split(line, '\t');
+    if (lineno == 1) {
+      for (int i = 0; i < static_cast<int>(f.size()); ++i) {
+        if (f[i] == "symbol") col_symbol = i;
+        if (f[i] == "ensembl_ids") col_ensembl = i;
+        if (f[i] == "aliases") col_aliases = i;
+      }
+      if (col_symbol < 0 || col_ensembl < 0)
+        throw std::runtime_error(str(path, ":1: header needs columns 'symbol' and 'ensembl_ids'"));
+      continue;
+    }
+    if (line.empty()) continue;
+    if (static_cast<int>(f.size()) <= std::max({col_symbol, col_ensembl, col_aliases}))
+      throw std::runtime_error(str(path, ":", lineno, ": expected ", std::max({col_symbol, col_ensembl, col_aliases}) + 1,
+                                   " tab-separated fields, got ", f.size()));
+    int gene = static_cast<int>(t.canonical_.size());
+    std::string symbol(f[col_symbol]);
+    std::string first_ensembl;
+    if (!f[col_ensembl].empty()) {
+      for (auto e : split(f[col_ensembl], '|')) {
+        if (e.empty()) continue;
+        std::string id = strip_ensembl_version(e);
+        if (first_ensembl.empty()) first_ensembl = id;
+        t.by_ensembl_.emplace(id, gene);  // first gene in table order wins
+      }
+    }
+    t.canonical_.push_back(first_ensembl.empty() ? symbol : first_ensembl);
+    if (!symbol.empty()) t.by_symbol_.emplace(symbol, gene);
+    if (col_aliases >= 0 && !f[col_aliases].empty())
+      for (auto a : split(f[col_aliases], '|'))
+        if (!a.empty()) t.by_alias_.emplace(std::string(a), gene);
+  }
+  if (t.canonical_.empty()) throw std::runtime_error(str(path, ": the gene table has no genes"));
+  return t;
+}
+
+std::optional<std::string> GeneTable::canonical(std::string_view name) const {
+  std::string key = strip_ensembl_version(name);
+  if (is_ensembl(key)) {
+    auto it = by_ensembl_.find(key);
+    if (it != by_ensembl_.end()) return canonical_[it->second];
+  }
+  if (auto it = by_symbol_.find(key); it != by_symbol_.end()) return canonical_[it->second];
+  if (auto it = by_alias_.find(key); it != by_alias_.end()) return canonical_[it->second];
+  return std::nullopt;
+}
+
+std::string default_gene_table() {
+  namespace fs = std::filesystem;
+  if (const char* env = std::getenv("SCTRAIN_GENES"); env && *env) return env;
+  const fs::path rel = fs::path("data") / "genes" / "human_genes.tsv";
+  std::vector<fs::path> starts = {fs::current_path()};
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) starts.push_back(exe.parent_path());
+  for (fs::path dir : starts) {
+    for (int up = 0; up < 4 && !dir.empty(); ++up) {
+      if (fs::exists(dir / rel)) return (dir / rel).string();
+      if (dir == dir.parent_path()) break;
+      dir = dir.parent_path();
+    }
+  }
+  return "";
+}
+
+}  // namespace sctrain::data

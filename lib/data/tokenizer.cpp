@@ -1,0 +1,107 @@
+#include "data/tokenizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <stdexcept>
+
+#include "util/log.h"
+
+namespace sctrain::data {
+
+const char* mode_name(TokenMode m) { return m == TokenMode::Rank ? "rank" : "binned"; }
+
+TokenMode parse_mode(const std::string& s) {
+  if (s == "rank") return TokenMode::Rank;
+  if (s == "binned") return TokenMode::Binned;
+  throw std::invalid_argument(str("unknown tokenization mode '", s, "' (rank or binned)"));
+}
+
+void gather_cell(std::span<const int32_t> indices, std::span<const float> values,
+                 std::span<const int32_t> column_token, bool may_have_duplicates, CellGenes& out,
+                 int64_t* negatives) {
+  out.tokens.clear();
+  out.values.clear();
+  double total = 0;
+  int64_t neg = 0;
+  for (size_t i = 0; i < indices.size(); ++i) {
+    float v = values[i];
+    if (!std::isfinite(v))
+      throw std::invalid_argument(str("value ", v, " at column ", indices[i], " (NaN or infinite)"));
+    if (v <= 0) {
+      neg += v < 0;
+      continue;
+    }
+    total += v;
+    int32_t t = column_token[indices[i]];
+    if (t < 0) continue;
+    out.tokens.push_back(t);
+    out.values.push_back(v);
+  }
+  out.total = total;
+  if (negatives) *negatives += neg;
+  if (!may_have_duplicates || out.tokens.size() < 2) return;
+  // Sum columns that share a token: sort (token, value) pairs, merge runs.
+  std::vector<std::pair<int32_t, float>> pairs(out.tokens.size());
+  for (size_t i = 0; i < pairs.size(); ++i) pairs[i] = {out.tokens[i], out.values[i]};
+  std::stable_sort(pairs.begin(), pairs.end(), [](auto& a, auto& b) { return a.first < b.first; });
+  out.tokens.clear();
+  out.values.clear();
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    if (!out.tokens.empty() && out.tokens.back() == pairs[i].first) {
+      out.values.back() += pairs[i].second;
+    } else {
+      out.tokens.push_back(pairs[i].first);
+      out.values.push_back(pairs[i].second);
+    }
+  }
+}
+
+void expression_bins(std::span<const float> values, int32_t n_bins, std::vector<uint8_t>& bins) {
+  if (n_bins < 2 || n_bins > 256) throw std::invalid_argument(str("n_bins must be in [2, 256], got ", n_bins));
+  const int64_t n = static_cast<int64_t>(values.size());
+  bins.resize(n);
+  if (n == 0) return;
+  std::vector<float> sorted(values.begin(), values.end());
+  std::sort(sorted.begin(), sorted.end());
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t less = std::lower_bound(sorted.begin(), sorted.end(), values[i]) - sorted.begin();
+    bins[i] = static_cast<uint8_t>(1 + (static_cast<int64_t>(n_bins) - 1) * less / n);
+  }
+}
+
+void tokenize_cell(const CellGenes& cell, std::span<const double> medians, const TokenizeConfig& cfg,
+                   TokenizedCell& out) {
+  struct Scored {
+    double score;
+    int32_t token;
+    int32_t index;
+  };
+  const int64_t n = static_cast<int64_t>(cell.tokens.size());
+  const int64_t keep = std::min<int64_t>(n, std::max<int32_t>(cfg.max_len - 1, 0));
+  thread_local std::vector<Scored> scored;
+  scored.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    int32_t t = cell.tokens[i];
+    double m = medians[t] > 0 ? medians[t] : 1.0;
+    scored[i] = {normalised(cell.values[i], cell.total, cfg.target_sum) / m, t, static_cast<int32_t>(i)};
+  }
+  auto before = [](const Scored& a, const Scored& b) {
+    return a.score > b.score || (a.score == b.score && a.token < b.token);
+  };
+  if (keep < n)
+    std::partial_sort(scored.begin(), scored.begin() + keep, scored.end(), before);
+  else
+    std::sort(scored.begin(), scored.end(), before);
+  out.genes.resize(keep);
+  for (int64_t i = 0; i < keep; ++i) out.genes[i] = scored[i].token;
+  out.bins.clear();
+  if (cfg.mode == TokenMode::Binned) {
+    thread_local std::vector<uint8_t> all_bins;
+    expression_bins(cell.values, cfg.n_bins, all_bins);
+    out.bins.resize(keep);
+    for (int64_t i = 0; i < keep; ++i) out.bins[i] = all_bins[scored[i].index];
+  }
+}
+
+}  // namespace sctrain::data
