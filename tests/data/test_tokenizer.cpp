@@ -1,0 +1,85 @@
+// Gathering a CSR row, rank ordering, truncation, expression bins: hand-checked cases.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "data/tokenizer.h"
+
+using namespace sctrain::data;
+
+TEST(GatherCell, MapsDropsAndSumsDuplicates) {
+  // columns 0..4, values {2, -1, 4, 3, 1}; column 2 unmapped; columns 0 and 3 share token 7.
+  std::vector<int32_t> idx{0, 1, 2, 3, 4};
+  std::vector<float> val{2, -1, 4, 3, 1};
+  std::vector<int32_t> col_tok{7, 8, -1, 7, 6};
+  CellGenes c;
+  int64_t neg = 0;
+  gather_cell(idx, val, col_tok, true, c, &neg);
+  EXPECT_EQ(neg, 1);
+  EXPECT_DOUBLE_EQ(c.total, 10.0);  // positive values, mapped or not
+  ASSERT_EQ(c.tokens, (std::vector<int32_t>{6, 7}));
+  EXPECT_EQ(c.values, (std::vector<float>{1, 5}));
+}
+
+TEST(GatherCell, NaNThrows) {
+  std::vector<int32_t> idx{0, 1};
+  std::vector<float> val{1, std::numeric_limits<float>::quiet_NaN()};
+  std::vector<int32_t> col_tok{5, 6};
+  CellGenes c;
+  EXPECT_THROW(gather_cell(idx, val, col_tok, false, c), std::invalid_argument);
+}
+
+TEST(TokenizeCell, RankByNormalisedOverMedian) {
+  CellGenes c{{5, 6, 7, 8}, {10, 20, 30, 40}, 100};
+  // normalised: 1000, 2000, 3000, 4000; medians 1, 4, 1, 2 -> scores 1000, 500, 3000, 2000
+  std::vector<double> med(9, 0.0);
+  med[5] = 1, med[6] = 4, med[7] = 1, med[8] = 2;
+  TokenizeConfig cfg;
+  TokenizedCell t;
+  tokenize_cell(c, med, cfg, t);
+  EXPECT_EQ(t.genes, (std::vector<int32_t>{7, 8, 5, 6}));
+  EXPECT_TRUE(t.bins.empty());
+  cfg.max_len = 3;  // CLS + 2 genes
+  tokenize_cell(c, med, cfg, t);
+  EXPECT_EQ(t.genes, (std::vector<int32_t>{7, 8}));
+}
+
+TEST(TokenizeCell, TiesGoToSmallerTokenAndZeroMedianCountsAsOne) {
+  CellGenes c{{9, 6, 8}, {5, 5, 5}, 15};
+  std::vector<double> med(10, 1.0);
+  med[8] = 0;  // never expressed in the corpus: treated as 1
+  TokenizedCell t;
+  tokenize_cell(c, med, TokenizeConfig{}, t);
+  EXPECT_EQ(t.genes, (std::vector<int32_t>{6, 8, 9}));
+}
+
+TEST(ExpressionBins, QuantileOfTheCell) {
+  std::vector<uint8_t> b;
+  // less-than counts 0,1,1,3 of n=4; n_bins 5: 1 + 4*less/4
+  expression_bins(std::vector<float>{1, 2, 2, 5}, 5, b);
+  EXPECT_EQ(b, (std::vector<uint8_t>{1, 2, 2, 4}));
+  // n_bins 51, three values: 1 + 50*0/3, 1 + 50*1/3, 1 + 50*2/3
+  expression_bins(std::vector<float>{3, 1, 2}, 51, b);
+  EXPECT_EQ(b, (std::vector<uint8_t>{34, 1, 17}));
+  EXPECT_THROW(expression_bins(std::vector<float>{1}, 1, b), std::invalid_argument);
+}
+
+TEST(TokenizeCell, BinnedKeepsBinsWithTheirGenes) {
+  CellGenes c{{5, 6, 7, 8}, {10, 20, 30, 40}, 100};
+  std::vector<double> med(9, 1.0);
+  med[6] = 4, med[8] = 2;  // scores 1000, 500, 3000, 2000 -> order 7, 8, 5, 6
+  TokenizeConfig cfg;
+  cfg.mode = TokenMode::Binned;
+  cfg.n_bins = 5;  // bins of 10,20,30,40: 1,2,3,4
+  TokenizedCell t;
+  tokenize_cell(c, med, cfg, t);
+  EXPECT_EQ(t.genes, (std::vector<int32_t>{7, 8, 5, 6}));
+  EXPECT_EQ(t.bins, (std::vector<uint8_t>{3, 4, 1, 2}));
+}
+
+TEST(TokenMode, Parse) {
+  EXPECT_EQ(parse_mode("rank"), TokenMode::Rank);
+  EXPECT_EQ(parse_mode("binned"), TokenMode::Binned);
+  EXPECT_THROW(parse_mode("ranks"), std::invalid_argument);
+}

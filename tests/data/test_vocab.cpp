@@ -1,0 +1,73 @@
+// Vocabulary files and gene-name mapping through the gene table.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "data/gene_table.h"
+#include "data/vocab.h"
+#include "test_data.h"
+
+using namespace sctrain::data;
+namespace fs = std::filesystem;
+
+static std::string temp_path(const std::string& name) {
+  fs::path d = fs::temp_directory_path() / ("sctrain_test_data_" + std::to_string(::getpid()));
+  fs::create_directories(d);
+  return (d / name).string();
+}
+
+TEST(Vocabulary, SpecialsFirstAndRoundTrip) {
+  Vocabulary v = Vocabulary::from_genes({"GENE_A", "GENE_B"});
+  EXPECT_EQ(v.size(), kNumSpecial + 2);
+  EXPECT_EQ(v.find("<pad>"), kPad);
+  EXPECT_EQ(v.find("<mask>"), kMask);
+  EXPECT_EQ(v.find("GENE_A"), kNumSpecial);
+  EXPECT_EQ(v.find("nope"), -1);
+  std::string p = temp_path("vocab.tsv");
+  v.save(p);
+  Vocabulary w = Vocabulary::load(p);
+  EXPECT_EQ(w.names(), v.names());
+}
+
+TEST(Vocabulary, RejectsBadFiles) {
+  EXPECT_THROW(Vocabulary::from_genes({"A", "A"}), std::invalid_argument);
+  std::string p = temp_path("bad_vocab.tsv");
+  std::ofstream(p) << "0\t<pad>\n1\tGENE\n";
+  EXPECT_THROW(Vocabulary::load(p), std::runtime_error);
+  std::ofstream(p) << "<pad>\n<cls>\n<mask>\n<unk>\n<eos>\nG1\nG2\n";  // names only
+  EXPECT_EQ(Vocabulary::load(p).find("G2"), kNumSpecial + 1);
+}
+
+TEST(GeneTable, StripsVersions) {
+  EXPECT_EQ(strip_ensembl_version("ENSG00000121410.12"), "ENSG00000121410");
+  EXPECT_EQ(strip_ensembl_version("ENSG00000121410"), "ENSG00000121410");
+  EXPECT_EQ(strip_ensembl_version("RP11-206L10.2"), "RP11-206L10.2");  // not Ensembl
+}
+
+TEST(GeneTable, SymbolBeatsAliasFirstGeneWinsAmbiguity) {
+  std::string p = temp_path("genes.tsv");
+  std::ofstream(p) << "entrez_id\tsymbol\tensembl_ids\tgene_type\taliases\n"
+                      "1\tAAA\tENSG01|ENSG02\tprotein-coding\tBBB|SHARED\n"
+                      "2\tBBB\t\tncRNA\tSHARED|CCC\n"
+                      "3\tDDD\tENSG03\tpseudo\tSHARED\n";
+  GeneTable t = GeneTable::load(p);
+  EXPECT_EQ(t.size(), 3u);
+  EXPECT_EQ(t.canonical("AAA"), "ENSG01");         // canonical: first Ensembl ID
+  EXPECT_EQ(t.canonical("ENSG02.7"), "ENSG01");    // any of its IDs, version stripped
+  EXPECT_EQ(t.canonical("BBB"), "BBB");            // exact symbol beats gene 1's alias; no Ensembl
+  EXPECT_EQ(t.canonical("SHARED"), "ENSG01");      // alias of three genes: the first in the table
+  EXPECT_EQ(t.canonical("CCC"), "BBB");
+  EXPECT_EQ(t.canonical("ENSG03"), "ENSG03");
+  EXPECT_FALSE(t.canonical("ZZZ").has_value());
+}
+
+TEST(GeneTable, HumanTable) {
+  GeneTable t = GeneTable::load(sctrain::testing::project_data("genes/human_genes.tsv"));
+  EXPECT_EQ(t.size(), 77614u);
+  // From the table's rows (grep): A1BG = ENSG00000121410 with alias A1B; CD3E = ENSG00000198851.
+  EXPECT_EQ(t.canonical("A1BG"), "ENSG00000121410");
+  EXPECT_EQ(t.canonical("A1B"), "ENSG00000121410");
+  EXPECT_EQ(t.canonical("ENSG00000198851.9"), "ENSG00000198851");
+  EXPECT_EQ(t.canonical("CD3E"), "ENSG00000198851");
+}
