@@ -1,0 +1,2 @@
+// placeholder while the reader lands
+#include <gtest/gtest.h>
