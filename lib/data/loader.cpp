@@ -250,6 +250,7 @@ struct Loader::Impl {
       Ready r;
       r.after = after;
       try {
+        if (seq == cfg.fail_at_batch) throw std::runtime_error(str("loader: injected failure at batch ", seq));
         r.batch = build(train, plan->cells.data() + plan->starts[cur.position],
                         plan->starts[cur.position + 1] - plan->starts[cur.position], cur.epoch, cfg.seed);
       } catch (...) {

@@ -37,6 +37,7 @@ struct LoaderConfig {
   int64_t bucket_cells = 4096;  // shuffled cells are sorted by length within windows this big
   int threads = 2;              // background workers (0 = build batches in next())
   int64_t prefetch = 8;         // batches ready ahead at most
+  int64_t fail_at_batch = -1;   // tests only: building the n-th batch (from start/restore) throws
 };
 
 // Where the loader is: the next batch is batch `position` of epoch `epoch`.
