@@ -131,6 +131,15 @@ def prepare(specs, gene_table, max_len, log=print):
     return vocab, medians, tokens
 
 
+def token_digest(tokens):
+    # sum over cells c, positions p of token * (c * 1000003 + p + 1), mod 2^61 - 1
+    m, d = (1 << 61) - 1, 0
+    for c, t in enumerate(tokens):
+        w = c * 1000003 + np.arange(1, len(t) + 1, dtype=np.int64)
+        d = (d + int((t.astype(np.int64) * w).sum())) % m
+    return d
+
+
 def make_batches(tokens, vocab_size, batch_size, seed=0, mask_prob=0.15):
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(tokens))
@@ -165,6 +174,7 @@ def main():
     p.add_argument("--batches", action="store_true", help="also build padded masked batches")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print one JSON summary (with timing)")
+    p.add_argument("--digest", action="store_true", help="print a checksum of all cells' tokens (tests compare it)")
     args = p.parse_args()
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
     t0 = time.perf_counter()
@@ -174,6 +184,8 @@ def main():
         n_batches = len(make_batches(tokens, len(vocab), args.batch_size))
     secs = time.perf_counter() - t0
     lens = np.array([len(t) for t in tokens])
+    if args.digest:
+        print("digest", token_digest(tokens))
     if args.cells:
         for c in [int(x) for x in args.cells.split(",")]:
             names = [vocab[t] for t in tokens[c][1:]]

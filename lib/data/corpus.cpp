@@ -382,6 +382,38 @@ PreparedCorpus load_corpus(const std::string& dir) {
   return c;
 }
 
+std::vector<TokenizedCell> tokenize_cells(const PreparedCorpus& c, const std::vector<int64_t>& cell_ids) {
+  std::vector<TokenizedCell> out(cell_ids.size());
+  CellGenes cell;
+  for (int s = 0; s < static_cast<int>(c.sources.size()); ++s) {
+    const SourceInfo& si = c.sources[s];
+    std::vector<size_t> which;   // positions in cell_ids that are in this source
+    std::vector<int64_t> rows;   // their rows
+    for (size_t i = 0; i < cell_ids.size(); ++i) {
+      auto [src, row] = c.locate(cell_ids[i]);
+      if (src == s) which.push_back(i), rows.push_back(row);
+    }
+    if (which.empty()) continue;
+    io::CellRows read;
+    const io::CellRows* m = nullptr;
+    if (c.rows) {
+      m = &(*c.rows)[s];
+    } else {
+      OpenedMatrix om = open_matrix(si.path, si.matrix);
+      read = om.matrix.read_rows(rows);
+      m = &read;
+    }
+    for (size_t k = 0; k < which.size(); ++k) {
+      const int64_t r = c.rows ? rows[k] : static_cast<int64_t>(k);
+      const int64_t a = m->indptr[r], n = m->row_nnz(r);
+      gather_cell({m->indices.data() + a, static_cast<size_t>(n)}, {m->values.data() + a, static_cast<size_t>(n)},
+                  si.column_token, si.has_duplicates(), cell);
+      if (!cell.tokens.empty()) tokenize_cell(cell, c.gene_medians, c.tokenize, out[which[k]]);
+    }
+  }
+  return out;
+}
+
 PreparedCorpus open_corpus(const std::vector<std::string>& data, PrepareOptions opts) {
   if (data.size() == 1 && fs::is_directory(data[0])) return load_corpus(data[0]);
   opts.sources.clear();

@@ -85,6 +85,10 @@ PreparedCorpus load_corpus(const std::string& dir);
 // ("FILE[:matrix]") prepared in memory with keep_rows. What a trainer's --data calls.
 PreparedCorpus open_corpus(const std::vector<std::string>& data, PrepareOptions opts);
 
+// Tokens of the given cells (global ids), read from corpus.rows or the files. An empty
+// cell gives an empty TokenizedCell. For inspection and cross-checks, not for training.
+std::vector<TokenizedCell> tokenize_cells(const PreparedCorpus& corpus, const std::vector<int64_t>& cell_ids);
+
 // The summary `sctrain prepare --json` prints (and manifest.json holds under "summary").
 std::string summary_json(const PreparedCorpus& corpus);
 

@@ -1,1 +1,199 @@
+// prepare_corpus on the project's real files; figures cross-checked with
+// scripts/tokenize_baseline.py (numpy/anndata, written independently of the C++).
 #include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "data/corpus.h"
+#include "data/gene_table.h"
+#include "data/loader.h"
+#include "test_data.h"
+
+using namespace sctrain::data;
+using sctrain::testing::project_data;
+
+static PrepareOptions options(std::vector<std::string> files, bool keep_rows = true) {
+  PrepareOptions o;
+  for (auto& f : files) o.sources.push_back(parse_source(f));
+  o.gene_table = project_data("genes/human_genes.tsv");
+  o.keep_rows = keep_rows;
+  o.progress = false;
+  return o;
+}
+
+static std::vector<std::string> names(const PreparedCorpus& c, const TokenizedCell& t, size_t n) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < std::min(n, t.genes.size()); ++i) out.push_back(c.vocab.name(t.genes[i]));
+  return out;
+}
+
+TEST(ParseSource, MatrixSuffix) {
+  EXPECT_EQ(parse_source("a.h5ad").matrix, "X");
+  EXPECT_EQ(parse_source("a.h5ad", "raw/X").matrix, "raw/X");
+  auto s = parse_source("dir:x/a.h5ad:layers/counts");
+  EXPECT_EQ(s.path, "dir:x/a.h5ad");
+  EXPECT_EQ(s.matrix, "layers/counts");
+  EXPECT_EQ(parse_source("a.h5ad:raw/X").matrix, "raw/X");
+  EXPECT_EQ(parse_source("odd:name.h5ad").path, "odd:name.h5ad");
+}
+
+// Expected tokens: scripts/tokenize_baseline.py data/pbmc68k_reduced.h5ad --cells 0,1,2,350,699 --top 12
+TEST(PrepareFiles, Pbmc68kRankTokensMatchNumpy) {
+  PreparedCorpus c = prepare_corpus(options({project_data("pbmc68k_reduced.h5ad")}));
+  EXPECT_EQ(c.stats.n_cells, 700);
+  EXPECT_EQ(c.vocab.n_genes(), 765);
+  EXPECT_EQ(c.sources[0].genes_mapped, 751);
+  EXPECT_EQ(c.sources[0].genes_unmapped.size(), 14u);
+  EXPECT_NEAR(c.stats.tokens_mean, 250.143, 0.0005);
+  EXPECT_EQ(c.stats.tokens_max, 410);
+  auto t = tokenize_cells(c, {0, 1, 2, 350, 699});
+  EXPECT_EQ(names(c, t[0], 12),
+            (std::vector<std::string>{"ENSG00000133246", "ENSG00000163131", "ENSG00000087086", "ENSG00000102265",
+                                      "ENSG00000113269", "ENSG00000171223", "ENSG00000107738", "ENSG00000265972",
+                                      "ENSG00000023191", "ENSG00000204482", "ENSG00000028137", "ENSG00000184900"}));
+  EXPECT_EQ(names(c, t[1], 12),
+            (std::vector<std::string>{"ENSG00000120438", "ENSG00000204482", "ENSG00000167851", "ENSG00000175489",
+                                      "ENSG00000163131", "ENSG00000015475", "ENSG00000081237", "ENSG00000160213",
+                                      "ENSG00000076944", "ENSG00000139644", "ENSG00000196154", "ENSG00000158869"}));
+  EXPECT_EQ(names(c, t[2], 12),
+            (std::vector<std::string>{"ENSG00000169583", "ENSG00000115523", "ENSG00000105374", "ENSG00000265972",
+                                      "ENSG00000159674", "ENSG00000198821", "ENSG00000173762", "ENSG00000182054",
+                                      "ENSG00000167085", "ENSG00000197540", "ENSG00000271503", "ENSG00000198668"}));
+  EXPECT_EQ(names(c, t[3], 12),
+            (std::vector<std::string>{"ENSG00000042493", "ENSG00000185608", "ENSG00000227507", "ENSG00000162144",
+                                      "ENSG00000104894", "ENSG00000165527", "ENSG00000166428", "ENSG00000241468",
+                                      "ENSG00000122986", "ENSG00000101182", "ENSG00000004779", "ENSG00000100823"}));
+  EXPECT_EQ(names(c, t[4], 12),
+            (std::vector<std::string>{"ENSG00000204257", "ENSG00000160593", "ENSG00000170345", "ENSG00000115738",
+                                      "ENSG00000237541", "ENSG00000231389", "ENSG00000196735", "ENSG00000223865",
+                                      "ENSG00000204287", "ENSG00000179344", "ENSG00000090382", "ENSG00000196126"}));
+}
+
+// Same checksum as tokenize_baseline.py's token_digest over all kept cells, CLS included.
+static uint64_t token_digest(const PreparedCorpus& c) {
+  const unsigned __int128 m = (uint64_t{1} << 61) - 1;
+  unsigned __int128 d = 0;
+  std::vector<int64_t> ids(c.n_cells);
+  for (int64_t i = 0; i < c.n_cells; ++i) ids[i] = i;
+  auto cells = tokenize_cells(c, ids);
+  int64_t k = 0;  // index among kept (non-empty) cells
+  for (const auto& t : cells) {
+    if (t.genes.empty()) continue;
+    std::vector<int32_t> all{kCls};
+    all.insert(all.end(), t.genes.begin(), t.genes.end());
+    for (size_t p = 0; p < all.size(); ++p) d = (d + static_cast<unsigned __int128>(all[p]) * (k * 1000003 + p + 1)) % m;
+    ++k;
+  }
+  return static_cast<uint64_t>(d);
+}
+
+// Digests: scripts/tokenize_baseline.py FILE... --digest --max-len N
+TEST(PrepareFiles, AllTokensMatchNumpyPbmc68k) {
+  PreparedCorpus c = prepare_corpus(options({project_data("pbmc68k_reduced.h5ad")}));
+  EXPECT_EQ(token_digest(c), 23718783077802146ULL);
+}
+
+TEST(PrepareFiles, AllTokensMatchNumpyPbmc3kDuplicatesSummed) {
+  PrepareOptions o = options({project_data("pbmc3k_seurat.h5ad")}, false);  // tokens read back from the file
+  PreparedCorpus c = prepare_corpus(o);
+  EXPECT_EQ(c.vocab.n_genes(), 13685);             // 13714 columns, 29 share a gene after mapping
+  EXPECT_EQ(c.sources[0].duplicate_columns, 29);
+  EXPECT_EQ(c.sources[0].genes_unmapped.size(), 1328u);
+  EXPECT_NEAR(c.stats.tokens_mean, 849.436, 0.0005);
+  EXPECT_EQ(c.stats.tokens_max, 2048);
+  EXPECT_EQ(token_digest(c), 542004060419391651ULL);
+  o.tokenize.max_len = 256;
+  o.keep_rows = true;
+  EXPECT_EQ(token_digest(prepare_corpus(o)), 1138625698631723710ULL);
+}
+
+// kang_pbmc_ctrl names genes by Ensembl ID, pbmc3k_seurat by symbol: shared genes, one token.
+TEST(PrepareFiles, EnsemblAndSymbolFilesShareTokens) {
+  SCTRAIN_REQUIRE_SHARED(kang, "kang_pbmc_ctrl.h5ad");
+  PrepareOptions o = options({project_data("pbmc3k_seurat.h5ad"), kang});
+  o.tokenize.max_len = 512;
+  PreparedCorpus c = prepare_corpus(o);
+  EXPECT_EQ(c.vocab.n_genes(), 13731);
+  EXPECT_EQ(c.sources[1].genes_unmapped.size(), 25u);
+  std::set<int32_t> a(c.sources[0].column_token.begin(), c.sources[0].column_token.end());
+  int64_t shared = 0;
+  for (int32_t t : std::set<int32_t>(c.sources[1].column_token.begin(), c.sources[1].column_token.end())) shared += a.count(t);
+  EXPECT_EQ(shared, 2465);
+  // CD3E: pbmc3k column 8144 ("CD3E"), kang column 1535 ("ENSG00000198851").
+  EXPECT_EQ(c.sources[0].column_token[8144], c.sources[1].column_token[1535]);
+  EXPECT_EQ(c.vocab.name(c.sources[0].column_token[8144]), "ENSG00000198851");
+  EXPECT_EQ(c.sources[1].first_cell, 2638);
+  EXPECT_EQ(token_digest(c), 711887119090762287ULL);
+}
+
+TEST(PrepareFiles, SaveLoadRoundTripAndLoaderReadsFiles) {
+  PreparedCorpus c = prepare_corpus(options({project_data("pbmc68k_reduced.h5ad")}, false));
+  const std::string dir = (std::filesystem::temp_directory_path() / ("sctrain_prep_" + std::to_string(::getpid()))).string();
+  save_corpus(c, dir);
+  for (const char* f : {"vocab.tsv", "gene_medians.tsv", "manifest.json", "columns_0.tsv"})
+    EXPECT_TRUE(std::filesystem::exists(std::filesystem::path(dir) / f)) << f;
+  PreparedCorpus d = load_corpus(dir);
+  EXPECT_EQ(d.vocab.names(), c.vocab.names());
+  EXPECT_EQ(d.gene_medians, c.gene_medians);  // exact: written with 17 digits
+  EXPECT_EQ(d.sources[0].column_token, c.sources[0].column_token);
+  EXPECT_EQ(d.stats.tokens_total, c.stats.tokens_total);
+  EXPECT_EQ(token_digest(d), 23718783077802146ULL);
+  // A loader over the loaded corpus reads the file itself; same batches as from kept rows.
+  LoaderConfig cfg;
+  Loader a(d, cfg);
+  PreparedCorpus kept = prepare_corpus(options({project_data("pbmc68k_reduced.h5ad")}, true));
+  Loader b(kept, cfg);
+  for (int i = 0; i < 5; ++i) {
+    Batch x = a.next(), y = b.next();
+    EXPECT_EQ(x.tokens, y.tokens);
+    EXPECT_EQ(x.cell_ids, y.cell_ids);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(PrepareFiles, ClearErrors) {
+  // A file without the chosen matrix: names file and matrix.
+  try {
+    prepare_corpus(options({project_data("pbmc68k_reduced.h5ad") + ":layers/counts"}));
+    FAIL();
+  } catch (const std::exception& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("pbmc68k_reduced.h5ad"), std::string::npos) << m;
+    EXPECT_NE(m.find("layers/counts"), std::string::npos) << m;
+  }
+  // No gene in a given vocabulary.
+  const std::string vocab = (std::filesystem::temp_directory_path() / "sctrain_tiny_vocab.tsv").string();
+  Vocabulary::from_genes({"NOT_A_GENE"}).save(vocab);
+  PrepareOptions o = options({project_data("pbmc68k_reduced.h5ad")});
+  o.vocab_file = vocab;
+  try {
+    prepare_corpus(o);
+    FAIL();
+  } catch (const std::exception& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("none of the 765 genes"), std::string::npos) << m;
+  }
+  EXPECT_THROW(prepare_corpus(options({project_data("no_such_file.h5ad")})), std::exception);
+}
+
+TEST(PrepareFiles, ScaledMatrixNegativesCountedRawXWorks) {
+  // orig_scanpy_pbmc68k_reduced: X is scaled (negatives), raw/X is log-normalised.
+  PreparedCorpus x = prepare_corpus(options({project_data("orig_scanpy_pbmc68k_reduced.h5ad")}));
+  EXPECT_GT(x.sources[0].negative_values, 0);
+  PreparedCorpus raw = prepare_corpus(options({project_data("orig_scanpy_pbmc68k_reduced.h5ad:raw/X")}));
+  EXPECT_EQ(raw.sources[0].negative_values, 0);
+  EXPECT_EQ(raw.sources[0].matrix, "raw/X");
+  EXPECT_EQ(raw.stats.n_cells, 700);
+}
+
+TEST(PrepareFiles, MouseNamesKeepTheirOwnTokensAndLegacyLayout) {
+  SCTRAIN_REQUIRE_SHARED(mouse, "dentategyrus_200.h5ad");
+  PreparedCorpus c = prepare_corpus(options({mouse}));
+  EXPECT_EQ(c.vocab.n_genes(), c.sources[0].n_genes);
+  EXPECT_GT(c.sources[0].genes_unmapped.size(), 0u);
+  PreparedCorpus legacy = prepare_corpus(options({project_data("orig_scanpy_pbmc68k_reduced_legacy.h5ad:raw/X")}));
+  PreparedCorpus modern = prepare_corpus(options({project_data("orig_scanpy_pbmc68k_reduced.h5ad:raw/X")}));
+  EXPECT_EQ(token_digest(legacy), token_digest(modern));  // same data, 2018 layout
+}
