@@ -30,4 +30,4 @@ inline bool register_command(Command c) {
 #define SCTRAIN_CONCAT(a, b) SCTRAIN_CONCAT_(a, b)
 #define SCTRAIN_COMMAND(...)                                                      \
   [[maybe_unused]] static const bool SCTRAIN_CONCAT(sctrain_command_, __LINE__) = \
-      ::sctrain::app::register_command(::sctrain::app::Command{__VA_ARGS__})
+      ::sctrain::app::register_command(::sctrain::app::Command __VA_ARGS__)

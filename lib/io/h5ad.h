@@ -52,6 +52,13 @@ struct CellRows {
   int64_t row_nnz(int64_t r) const { return indptr[r + 1] - indptr[r]; }
 };
 
+// One pass over a matrix (inspect --stats).
+struct MatrixStats {
+  double sum = 0, min = 0, max = 0;   // over all values; a sparse matrix's implicit zeros count
+  bool integer_valued = true;         // every value is a whole number (counts?)
+  std::vector<int64_t> cell_entries;  // stored entries per cell (dense: non-zeros)
+};
+
 class Matrix {
  public:
   const MatrixInfo& info() const { return info_; }
@@ -62,13 +69,15 @@ class Matrix {
   // cells across all columns, so any request reads the whole of indices/data
   // once, in slabs (memory bounded by the slab, time by the matrix size).
   CellRows read_rows(std::span<const int64_t> rows) const;
+  // Scans the whole matrix once, in slabs of bounded size.
+  MatrixStats scan_stats() const;
   ~Matrix();
   Matrix(Matrix&&) noexcept;
   Matrix& operator=(Matrix&&) noexcept;
+  struct Impl;  // opaque
 
  private:
   friend class H5adFile;
-  struct Impl;
   Matrix(MatrixInfo info, std::unique_ptr<Impl> impl);
   MatrixInfo info_;
   std::unique_ptr<Impl> impl_;
