@@ -1,0 +1,40 @@
+// Launchers of the CUDA sigmoid-attention kernels (internal; no LibTorch in here).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace sctrain::kernels::cuda {
+
+enum class DType { BF16, F16 };
+
+struct AttnParams {
+  // Inputs [B, N, H, D] with unit last stride; strides in elements (batch, seq, head).
+  const void* q;
+  const void* k;
+  const void* v;
+  int64_t q_stride[3], k_stride[3], v_stride[3];
+  const int32_t* lengths;  // [B] on the device
+  int B, N, H, D;
+  float scale;
+  float bias;     // used when has_bias
+  bool has_bias;  // else bias = -log(length)
+  DType dtype;
+  // Forward: O contiguous [B, N, H, D].
+  void* o;
+  // Backward: dO [B, N, H, D] strided; dQ accumulated in fp32 (contiguous, zeroed by the caller);
+  // dK, dV contiguous [B, N, H, D] in the input dtype.
+  const void* dout;
+  int64_t do_stride[3];
+  float* dq_accum;
+  void* dk;
+  void* dv;
+};
+
+// Compute capability major*10+minor of the current device (cached per device).
+int device_sm();
+
+void forward_sm80(const AttnParams& p, cudaStream_t stream);
+void backward_sm80(const AttnParams& p, cudaStream_t stream);
+
+}  // namespace sctrain::kernels::cuda

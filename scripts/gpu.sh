@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# On the GPU machine: configure (build-gpu), build, test and benchmark.
+#   scripts/gpu.sh [STEP...]   default: kernels
+# Steps: kernels = kernels-build kernels-test kernels-sanitize kernels-bench
+#        kernels-build | kernels-test | kernels-sanitize | kernels-bench | kernels-bench-quick
+# Logs and JSON go to $OUT (set by the device tool), else build-gpu/out. Add steps in the case below.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${SCTRAIN_GPU_BUILD:-$root/build-gpu}
+out=${OUT:-$build/out}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+torch_dir=$($py -c 'import torch;print(torch.utils.cmake_prefix_path)')/Torch
+status=0
+standalone=0
+
+configure() {
+  [[ -f $build/build.ninja ]] && return 0
+  echo "== configure $build"
+  if ! cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSCTRAIN_CUDA=ON \
+      -DTorch_DIR="$torch_dir" >"$out/configure.log" 2>&1; then
+    echo "project configure failed (see configure.log); kernels only"
+    rm -rf "$build"
+    standalone=1
+    cmake -S "$root/kernels/standalone" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DTorch_DIR="$torch_dir" >>"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
+  fi
+}
+[[ -f $build/CMakeCache.txt ]] && grep -q sctrain_kernels_only "$build/CMakeCache.txt" && standalone=1
+
+bin() {  # path of a built binary, project or stand-alone layout
+  for p in "$build/$1" "$build/kernels/$(basename "$1")" "$build/tests/kernels/$(basename "$1")"; do
+    [[ -x $p ]] && { echo "$p"; return; }
+  done
+}
+
+kernels_build() {
+  configure
+  echo "== build kernels"
+  local targets="sctrain_kernels test_attention attention_bench"
+  ninja -C "$build" -j16 $targets 2>&1 | tee "$out/build.log" | grep -E "error|warning|spill" | head -40
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || { tail -40 "$out/build.log"; exit 1; }
+  if [[ $standalone -eq 0 ]]; then ninja -C "$build" -j16 sctrain >>"$out/build.log" 2>&1 || echo "(sctrain did not build; using attention_bench)"; fi
+}
+kernels_test() {
+  echo "== test kernels"
+  "$(bin tests/kernels/test_attention)" --gtest_brief=1 2>&1 | tee "$out/test.log" | tail -30
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+}
+kernels_sanitize() {
+  echo "== compute-sanitizer (small case)"
+  local t; t=$(bin tests/kernels/test_attention)
+  for tool in memcheck racecheck synccheck; do
+    compute-sanitizer --tool $tool --error-exitcode 9 "$t" --gtest_filter='SigmoidAttentionGpu.Small*' \
+      >"$out/sanitize-$tool.log" 2>&1 && echo "$tool: clean" || { echo "$tool: FAILED"; tail -20 "$out/sanitize-$tool.log"; status=1; }
+  done
+}
+kernels_bench() {
+  echo "== bench attention $*"
+  local s; s=$(bin sctrain)
+  if [[ -n $s ]]; then "$s" bench attention --json "$out/bench.json" "$@" 2>&1 | tee "$out/bench.log"
+  else "$(bin kernels/attention_bench)" --json "$out/bench.json" "$@" 2>&1 | tee "$out/bench.log"; fi
+}
+
+[[ $# -eq 0 ]] && set -- kernels
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader || true
+for step in "$@"; do
+  case $step in
+    kernels) kernels_build; kernels_test; kernels_sanitize; kernels_bench ;;
+    kernels-build) kernels_build ;;
+    kernels-test) kernels_test ;;
+    kernels-sanitize) kernels_sanitize ;;
+    kernels-bench) kernels_bench ;;
+    kernels-bench-quick) kernels_bench --seqlens 2048 8192 ;;
+    *) echo "unknown step: $step"; exit 2 ;;
+  esac
+done
+exit $status

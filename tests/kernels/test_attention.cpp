@@ -1,0 +1,176 @@
+// Sigmoid attention: the CUDA kernels against a float64 reference (GPU tests skip without a GPU),
+// and the CPU fallback against the LibTorch reference.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "kernels/attention.h"
+
+namespace {
+
+using sctrain::kernels::SigmoidAttentionOptions;
+using torch::Tensor;
+
+// Float64 reference: O = sigmoid(Q K^T scale + b) V over valid keys; padded query rows zero.
+Tensor reference64(const Tensor& q, const Tensor& k, const Tensor& v, const std::vector<int>& lens,
+                   const SigmoidAttentionOptions& opts) {
+  const int64_t B = q.size(0), N = q.size(1), D = q.size(3);
+  const double scale = opts.scale.value_or(1.0 / std::sqrt(static_cast<double>(D)));
+  auto opt = q.options().dtype(torch::kDouble);
+  auto valid = torch::zeros({B, N}, opt);
+  std::vector<double> bias(B);
+  for (int64_t b = 0; b < B; ++b) {
+    if (lens[b] > 0) valid[b].narrow(0, 0, lens[b]).fill_(1.0);
+    bias[b] = opts.bias.value_or(-std::log(static_cast<double>(std::max(lens[b], 1))));
+  }
+  auto bt = torch::tensor(bias, opt).view({B, 1, 1, 1});
+  auto qh = q.to(torch::kDouble).transpose(1, 2), kh = k.to(torch::kDouble).transpose(1, 2);
+  auto vh = v.to(torch::kDouble).transpose(1, 2);
+  auto p = torch::sigmoid(torch::matmul(qh, kh.transpose(-1, -2)) * scale + bt) * valid.view({B, 1, 1, N});
+  auto o = torch::matmul(p, vh) * valid.view({B, 1, N, 1});
+  return o.transpose(1, 2);
+}
+
+double rel_err(const Tensor& out, const Tensor& ref) {
+  const double den = ref.norm().item<double>();
+  const double num = (out.to(torch::kDouble) - ref).norm().item<double>();
+  return den == 0 ? num : num / den;
+}
+
+// Fills freed allocator blocks of these byte sizes with NaN, so outputs that reuse them start poisoned.
+void poison_allocator(int64_t bytes) {
+  std::vector<Tensor> junk;
+  for (int i = 0; i < 8; ++i)
+    junk.push_back(torch::full({(bytes + 3) / 4}, NAN, torch::dtype(torch::kFloat).device(torch::kCUDA)));
+  torch::cuda::synchronize();
+}
+
+struct Case {
+  int B, N, H, D;
+  torch::ScalarType dtype;
+  std::vector<int> lens;
+  bool fused = true;
+  std::optional<double> scale, bias;
+};
+
+void check_padding_zero(const Tensor& x, const std::vector<int>& lens, const char* what) {
+  for (size_t b = 0; b < lens.size(); ++b) {
+    auto pad = x[b].narrow(0, lens[b], x.size(1) - lens[b]);
+    if (pad.numel() == 0) continue;
+    EXPECT_EQ(pad.abs().max().item<double>(), 0.0) << what << ": padding of sequence " << b << " is not zero";
+  }
+}
+
+void run_case(const Case& c, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto opt = torch::dtype(c.dtype).device(torch::kCUDA);
+  Tensor q, k, v;
+  if (c.fused) {
+    auto qkv = torch::randn({c.B, c.N, 3, c.H, c.D}, opt);
+    q = qkv.select(2, 0), k = qkv.select(2, 1), v = qkv.select(2, 2);
+  } else {
+    q = torch::randn({c.B, c.N, c.H, c.D}, opt);
+    k = torch::randn({c.B, c.N, c.H, c.D}, opt);
+    v = torch::randn({c.B, c.N, c.H, c.D}, opt);
+  }
+  q = q.detach().requires_grad_(), k = k.detach().requires_grad_(), v = v.detach().requires_grad_();
+  auto dout = torch::randn({c.B, c.N, c.H, c.D}, opt);
+  auto lengths = torch::tensor(std::vector<int32_t>(c.lens.begin(), c.lens.end()),
+                               torch::dtype(torch::kInt).device(torch::kCUDA));
+  SigmoidAttentionOptions opts{c.scale, c.bias};
+  ASSERT_TRUE(sctrain::kernels::sigmoid_attention_kernel_supports(q));
+
+  const int64_t bytes = q.numel() * 4;
+  poison_allocator(bytes);
+  auto o = sctrain::kernels::sigmoid_attention(q, k, v, lengths, opts);
+  poison_allocator(bytes);
+  auto grads = torch::autograd::grad({o}, {q, k, v}, {dout});
+  torch::cuda::synchronize();
+
+  auto q64 = q.detach().to(torch::kDouble).requires_grad_();
+  auto k64 = k.detach().to(torch::kDouble).requires_grad_();
+  auto v64 = v.detach().to(torch::kDouble).requires_grad_();
+  auto o64 = reference64(q64, k64, v64, c.lens, opts);
+  auto g64 = torch::autograd::grad({o64}, {q64, k64, v64}, {dout.to(torch::kDouble)});
+
+  const double tol = c.dtype == torch::kBFloat16 ? 1.5e-2 : 4e-3;
+  const char* names[] = {"dQ", "dK", "dV"};
+  EXPECT_FALSE(o.isnan().any().item<bool>()) << "O has NaN (unwritten?)";
+  EXPECT_LT(rel_err(o.detach(), o64.detach()), tol) << "O";
+  check_padding_zero(o.detach(), c.lens, "O");
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_FALSE(grads[i].isnan().any().item<bool>()) << names[i] << " has NaN (unwritten?)";
+    EXPECT_LT(rel_err(grads[i], g64[i]), tol) << names[i];
+    check_padding_zero(grads[i], c.lens, names[i]);
+  }
+}
+
+const char* dtype_name(torch::ScalarType t) { return t == torch::kBFloat16 ? "bf16" : "fp16"; }
+
+#define REQUIRE_GPU() \
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU"
+
+TEST(SigmoidAttentionGpu, EdgeLengths) {
+  REQUIRE_GPU();
+  for (auto dt : {torch::kBFloat16, torch::kHalf})
+    for (int d : {64, 128}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " d" + std::to_string(d));
+      // length 1, odd, not a multiple of the tile, zero, full
+      run_case({5, 200, 2, d, dt, {1, 0, 199, 64, 200}}, 1);
+      run_case({3, 129, 3, d, dt, {129, 65, 127}}, 2);
+      run_case({2, 1, 1, d, dt, {1, 0}}, 3);
+      run_case({2, 70, 2, d, dt, {0, 0}}, 4);
+    }
+}
+
+// Small enough for compute-sanitizer (scripts/gpu.sh kernels-sanitize).
+TEST(SigmoidAttentionGpu, SmallForSanitizer) {
+  REQUIRE_GPU();
+  run_case({2, 150, 2, 64, torch::kBFloat16, {150, 37}}, 11);
+  run_case({2, 150, 1, 128, torch::kHalf, {0, 129}}, 12);
+}
+
+TEST(SigmoidAttentionGpu, RandomShapes) {
+  REQUIRE_GPU();
+  std::mt19937 rng(1234);
+  for (int it = 0; it < 16; ++it) {
+    Case c;
+    c.B = 1 + rng() % 3;
+    c.N = 1 + rng() % 300;
+    c.H = 1 + rng() % 4;
+    c.D = rng() % 2 ? 64 : 128;
+    c.dtype = rng() % 2 ? torch::kBFloat16 : torch::kHalf;
+    for (int b = 0; b < c.B; ++b) c.lens.push_back(static_cast<int>(rng() % (c.N + 1)));
+    c.fused = rng() % 4 != 0;
+    if (rng() % 3 == 0) c.bias = -1.5;
+    if (rng() % 3 == 0) c.scale = 0.1;
+    SCOPED_TRACE("B" + std::to_string(c.B) + " N" + std::to_string(c.N) + " H" + std::to_string(c.H) +
+                 " d" + std::to_string(c.D) + " " + dtype_name(c.dtype));
+    run_case(c, 100 + it);
+  }
+}
+
+TEST(SigmoidAttentionGpu, LongerSequences) {
+  REQUIRE_GPU();
+  run_case({2, 1024, 2, 128, torch::kBFloat16, {1024, 777}}, 7);
+  run_case({2, 1000, 2, 64, torch::kHalf, {513, 1000}}, 8);
+}
+
+TEST(SigmoidAttentionCpu, FallsBackToReference) {
+  torch::manual_seed(0);
+  auto q = torch::randn({2, 9, 2, 64}, torch::kFloat).requires_grad_();
+  auto k = torch::randn({2, 9, 2, 64}, torch::kFloat);
+  auto v = torch::randn({2, 9, 2, 64}, torch::kFloat);
+  auto lengths = torch::tensor({9, 4}, torch::kInt);
+  EXPECT_FALSE(sctrain::kernels::sigmoid_attention_kernel_supports(q));
+  auto o = sctrain::kernels::sigmoid_attention(q, k, v, lengths);
+  auto ref = reference64(q.detach(), k, v, {9, 4}, {});
+  EXPECT_LT(rel_err(o.detach(), ref), 1e-5);
+  o.sum().backward();
+  EXPECT_TRUE(q.grad().defined());
+}
+
+}  // namespace
