@@ -1,6 +1,9 @@
 #include "io/h5ad.h"
 
 #include <algorithm>
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -9,6 +12,7 @@
 
 #include "io/hdf5_util.h"
 #include "io/lzf_filter.h"
+#include "io/raw_dataset.h"
 
 namespace sctrain::io {
 
@@ -104,6 +108,7 @@ struct Matrix::Impl {
   std::shared_ptr<Handle> file;
   std::string file_path;
   Handle data, indices;   // sparse
+  std::optional<RawDataset> raw_data, raw_indices;  // direct reads where storage allows
   std::vector<int64_t> indptr;
   Handle dense;           // dense
   bool sorted_checked = false;
@@ -174,8 +179,18 @@ CellRows read_csr_runs(const MatrixInfo& info, Matrix::Impl& m, const std::vecto
   out.indices.resize(total);
   out.values.resize(total);
   try {
-    h5::read_ranges(m.indices.get(), starts, counts, out.indices.data());
-    h5::read_ranges(m.data.get(), starts, counts, out.values.data());
+    if (m.raw_indices && m.raw_data) {  // no HDF5 call: no lock, threads read in parallel
+      int64_t at = 0;
+      for (size_t i = 0; i < starts.size(); ++i) {
+        m.raw_indices->read(static_cast<int64_t>(starts[i]), static_cast<int64_t>(counts[i]), out.indices.data() + at);
+        m.raw_data->read(static_cast<int64_t>(starts[i]), static_cast<int64_t>(counts[i]), out.values.data() + at);
+        at += static_cast<int64_t>(counts[i]);
+      }
+    } else {
+      Lock lock(h5_mutex());
+      h5::read_ranges(m.indices.get(), starts, counts, out.indices.data());
+      h5::read_ranges(m.data.get(), starts, counts, out.values.data());
+    }
   } catch (const std::exception& e) {
     m.fail(info, std::string("cannot read entries: ") + e.what());
   }
@@ -293,7 +308,6 @@ CellRows Matrix::read_rows(int64_t begin, int64_t end) const {
 }
 
 CellRows Matrix::read_rows(std::span<const int64_t> rows) const {
-  Lock lock(h5_mutex());
   for (int64_t r : rows)
     if (r < 0 || r >= info_.n_rows)
       impl_->fail(info_, "row " + std::to_string(r) + " out of range: the matrix has " +
@@ -305,8 +319,16 @@ CellRows Matrix::read_rows(std::span<const int64_t> rows) const {
   CellRows sorted;
   switch (info_.encoding) {
     case Encoding::Csr: sorted = read_csr_runs(info_, *impl_, runs_of(unique)); break;
-    case Encoding::Dense: sorted = read_dense_runs(info_, *impl_, runs_of(unique)); break;
-    case Encoding::Csc: sorted = read_csc_rows(info_, *impl_, unique); break;
+    case Encoding::Dense: {
+      Lock lock(h5_mutex());
+      sorted = read_dense_runs(info_, *impl_, runs_of(unique));
+      break;
+    }
+    case Encoding::Csc: {
+      Lock lock(h5_mutex());
+      sorted = read_csc_rows(info_, *impl_, unique);
+      break;
+    }
   }
   if (std::equal(rows.begin(), rows.end(), unique.begin(), unique.end())) return sorted;
   std::vector<int64_t> order(rows.size());
@@ -380,6 +402,7 @@ MatrixStats Matrix::scan_stats() const {
 struct H5adFile::Impl {
   std::string path;
   std::shared_ptr<Handle> file;
+  std::shared_ptr<const int> fd;  // for direct reads (RawDataset)
   Format format = Format::Anndata08;
   int64_t n_obs = 0, n_vars = 0;
   bool has_x = false;
@@ -484,6 +507,12 @@ H5adFile H5adFile::open(const std::string& path) {
     impl->fail("", "cannot open: truncated or corrupt HDF5 file" + (detail.empty() ? "" : " (" + detail + ")"));
   }
   impl->file = std::make_shared<Handle>(fid);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) impl->fail("", "cannot open for reading");
+  impl->fd = std::shared_ptr<const int>(new int(fd), [](const int* p) {
+    ::close(*p);
+    delete p;
+  });
 
   hid_t f = impl->fid();
   bool has_obs = h5::exists(f, "/obs");
@@ -557,6 +586,8 @@ Matrix H5adFile::matrix(const std::string& name) const {
   } else {
     m->data = h5::open_dataset(f, h5path + "/data", kChunkCacheBytes);
     m->indices = h5::open_dataset(f, h5path + "/indices", kChunkCacheBytes);
+    m->raw_data = RawDataset::probe(m->data.get(), impl_->fd);
+    m->raw_indices = RawDataset::probe(m->indices.get(), impl_->fd);
     Handle indptr = h5::open_dataset(f, h5path + "/indptr");
     try {
       m->indptr = h5::read_all<int64_t>(indptr.get());

@@ -114,7 +114,13 @@ void Handle::reset() {
   id_ = -1;
 }
 
-void quiet_errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+void quiet_errors() {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  // HDF5 keeps freed blocks on free lists without limit by default: memory would grow with
+  // every chunk ever read. Cap them (bytes: global, per list) so memory follows the request.
+  static const bool limited = [] { return H5set_free_list_limits(4 << 20, 1 << 20, 4 << 20, 1 << 20, 16 << 20, 4 << 20) >= 0; }();
+  (void)limited;
+}
 
 std::string last_error() {
   std::string msg;
@@ -140,7 +146,8 @@ bool exists(hid_t loc, const std::string& path) {
 static H5O_type_t object_type(hid_t loc, const std::string& path) {
   if (!exists(loc, path)) return H5O_TYPE_UNKNOWN;
   H5O_info_t info;
-  if (H5Oget_info_by_name(loc, path.c_str(), &info, H5P_DEFAULT) < 0) return H5O_TYPE_UNKNOWN;
+  // Basic fields only: the full info walks a chunked dataset's whole B-tree.
+  if (H5Oget_info_by_name2(loc, path.c_str(), &info, H5O_INFO_BASIC, H5P_DEFAULT) < 0) return H5O_TYPE_UNKNOWN;
   return info.type;
 }
 
@@ -156,8 +163,14 @@ Handle open_group(hid_t loc, const std::string& path) {
 
 Handle open_dataset(hid_t loc, const std::string& path, size_t cache_bytes) {
   if (!is_dataset(loc, path)) return Handle();
+  Handle d(H5Dopen2(loc, path.c_str(), H5P_DEFAULT));
+  if (!d || cache_bytes == 0) return d;
+  // Compressed chunks are cached (each is decompressed once per visit); plain chunks are not:
+  // HDF5 then reads only the selected bytes instead of whole chunks.
+  Handle dcpl(H5Dget_create_plist(d.get()));
+  bool filtered = H5Pget_layout(dcpl.get()) == H5D_CHUNKED && H5Pget_nfilters(dcpl.get()) > 0;
   Handle dapl(H5Pcreate(H5P_DATASET_ACCESS));
-  if (cache_bytes > 0) H5Pset_chunk_cache(dapl.get(), 12421, cache_bytes, 1.0);
+  H5Pset_chunk_cache(dapl.get(), 12421, filtered ? cache_bytes : 0, 1.0);
   return Handle(H5Dopen2(loc, path.c_str(), dapl.get()));
 }
 
@@ -286,18 +299,17 @@ std::vector<T> read_all(hid_t dset) {
 template <typename T>
 void read_ranges(hid_t dset, const std::vector<hsize_t>& starts, const std::vector<hsize_t>& counts,
                  T* out) {
-  hsize_t total = 0;
+  // One read per range: HDF5's union selections cost memory and time proportional to the
+  // span they cover, while a plain slab read touches only its bytes (and chunk cache).
   Handle fspace(check(H5Dget_space(dset), "cannot read dataspace"));
-  H5Sselect_none(fspace.get());
   for (size_t i = 0; i < starts.size(); ++i) {
     if (counts[i] == 0) continue;
-    if (H5Sselect_hyperslab(fspace.get(), H5S_SELECT_OR, &starts[i], nullptr, &counts[i], nullptr) < 0)
+    if (H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, &starts[i], nullptr, &counts[i], nullptr) < 0)
       fail("range out of bounds");
-    total += counts[i];
+    Handle mspace(H5Screate_simple(1, &counts[i], nullptr));
+    read_selection(dset, mspace.get(), fspace.get(), counts[i], out);
+    out += counts[i];
   }
-  if (total == 0) return;
-  Handle mspace(H5Screate_simple(1, &total, nullptr));
-  read_selection(dset, mspace.get(), fspace.get(), total, out);
 }
 
 template <typename T>

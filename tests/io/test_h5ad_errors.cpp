@@ -142,3 +142,56 @@ TEST_F(Corrupted, MissingLayer) {
 }
 
 }  // namespace
+
+namespace {
+
+// Writes a 1-D dataset with contiguous storage (what older anndata wrote without compression).
+template <typename T>
+void write_contiguous(hid_t group, const char* name, hid_t type, const std::vector<T>& v) {
+  hsize_t n = v.size();
+  hid_t space = H5Screate_simple(1, &n, nullptr);
+  hid_t d = H5Dcreate2(group, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data());
+  H5Dclose(d);
+  H5Sclose(space);
+}
+
+TEST(Storage, ContiguousCsrReadsLikeTheChunkedOriginal) {
+  H5adFile src = H5adFile::open(sctrain::testing::project_data("pbmc68k_reduced.h5ad"));
+  CellRows all = src.matrix("X").read_rows(0, src.n_obs());
+  fs::path path = fs::temp_directory_path() / ("sctrain_contiguous_" + std::to_string(::getpid()) + ".h5ad");
+  hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t x = H5Gcreate2(f, "X", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  write_contiguous(x, "data", H5T_NATIVE_FLOAT, all.values);
+  write_contiguous(x, "indices", H5T_NATIVE_INT32, all.indices);
+  write_contiguous(x, "indptr", H5T_NATIVE_INT64, all.indptr);
+  int64_t shape[2] = {all.n_rows(), all.n_cols};
+  hsize_t two = 2;
+  hid_t sspace = H5Screate_simple(1, &two, nullptr);
+  hid_t a = H5Acreate2(x, "shape", H5T_NATIVE_INT64, sspace, H5P_DEFAULT, H5P_DEFAULT);
+  H5Awrite(a, H5T_NATIVE_INT64, shape);
+  H5Aclose(a);
+  H5Sclose(sspace);
+  hid_t stype = H5Tcopy(H5T_C_S1);
+  H5Tset_size(stype, H5T_VARIABLE);
+  hid_t scalar = H5Screate(H5S_SCALAR);
+  const char* enc = "csr_matrix";
+  a = H5Acreate2(x, "encoding-type", stype, scalar, H5P_DEFAULT, H5P_DEFAULT);
+  H5Awrite(a, stype, &enc);
+  H5Aclose(a);
+  H5Sclose(scalar);
+  H5Tclose(stype);
+  H5Gclose(x);
+  H5Fclose(f);
+
+  H5adFile copy = H5adFile::open(path.string());
+  Matrix m = copy.matrix("X");
+  std::vector<int64_t> rows = {699, 3, 3, 350, 0, 12};
+  CellRows got = m.read_rows(rows), want = src.matrix("X").read_rows(rows);
+  EXPECT_EQ(got.indptr, want.indptr);
+  EXPECT_EQ(got.indices, want.indices);
+  EXPECT_EQ(got.values, want.values);
+  fs::remove(path);
+}
+
+}  // namespace
