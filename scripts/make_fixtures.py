@@ -64,4 +64,3 @@ with h5py.File(out, "r+") as f:
     g.attrs["encoding-version"] = "0.1.0"
     g.create_dataset("values", data=[v if isinstance(v, str) else "" for v in note], dtype=h5py.string_dtype())
     g.create_dataset("mask", data=note.isna().to_numpy())
-print("wrote", out, os.path.getsize(out), "bytes")

@@ -677,7 +677,7 @@ Column H5adFile::Impl::read_column(hid_t group, const std::string& group_path, c
         col.type = ColumnType::Categorical;
         col.codes = h5::read_all<int32_t>(d.get());
         col.categories = dataset_as_text(cats.get());
-        col.ordered = h5::attr_int(d.get(), "ordered").value_or(0) != 0;
+        col.ordered = h5::attr_int(cats.get(), "ordered").value_or(0) != 0;  // 0.7 keeps it there
       } else if (cls == H5T_STRING) {
         col.type = ColumnType::String;
         col.strings = h5::read_strings(d.get());

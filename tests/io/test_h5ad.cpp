@@ -341,3 +341,26 @@ TEST(Reader, StatsTellCountsFromNormalisedValues) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Reader, Anndata07CategoricalsByObjectReference) {
+  // Written by a real anndata 0.7.8 (scripts/make_fixture_anndata07.py): codes whose
+  // `categories` attribute references __categories/<column>.
+  H5adFile f = H5adFile::open(std::string(SCTRAIN_SOURCE_DIR) + "/tests/fixtures/pbmc68k_anndata07.h5ad");
+  EXPECT_EQ(f.format(), Format::Anndata07);
+  EXPECT_EQ(f.n_obs(), 50);
+  Dataframe obs = f.obs();
+  ASSERT_EQ(obs.columns.size(), 3u);  // __categories is not a column
+  const Column* ct = obs.find("cell_type");
+  ASSERT_TRUE(ct);
+  EXPECT_EQ(ct->type, ColumnType::Categorical);
+  EXPECT_EQ(ct->categories.size(), 10u);
+  EXPECT_EQ(ct->text(0), "CD14+ Monocyte");
+  EXPECT_EQ(obs.find("phase")->text(49), "G1");
+  EXPECT_EQ(obs.find("n_genes")->text(0), "1003");
+  EXPECT_EQ(obs.index.back(), "GAGGATCTGGAGGT-1");
+  EXPECT_NEAR(f.matrix("X").scan_stats().sum, 34560.0, 1e-9);
+}
+
+}  // namespace
