@@ -1,0 +1,123 @@
+// bench-train: steady-state training throughput on synthetic full-length sequences.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include "train/engine.h"
+#include "train/trainer.h"
+#include "util/json.h"
+#include "util/log.h"
+
+namespace sctrain::train {
+
+namespace {
+
+data::Batch synthetic_batch(int64_t B, int64_t L, int64_t vocab, int64_t n_bins, std::mt19937_64& rng) {
+  data::Batch b;
+  b.batch_size = B;
+  b.seq_len = L;
+  b.tokens.resize(B * L);
+  b.labels.assign(B * L, data::kIgnoreLabel);
+  b.lengths.assign(B, static_cast<int32_t>(L));
+  if (n_bins > 0) b.bins.resize(B * L);
+  std::uniform_int_distribution<int32_t> gene(data::kNumSpecial, static_cast<int32_t>(vocab - 1));
+  std::uniform_int_distribution<int32_t> bin(1, static_cast<int32_t>(std::max<int64_t>(1, n_bins - 1)));
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int64_t i = 0; i < B; ++i) {
+    b.cell_ids.push_back(i);
+    for (int64_t j = 0; j < L; ++j) {
+      const int64_t k = i * L + j;
+      b.tokens[k] = j == 0 ? data::kCls : gene(rng);
+      if (n_bins > 0) b.bins[k] = j == 0 ? 0 : bin(rng);
+      if (j > 0 && u(rng) < 0.15) {
+        b.labels[k] = b.tokens[k];
+        b.tokens[k] = data::kMask;
+      }
+    }
+  }
+  return b;
+}
+
+}  // namespace
+
+int bench_train(Config cfg, const BenchOptions& o) {
+  cfg.model.vocab_size = o.vocab_size;
+  cfg.model.max_len = std::max(cfg.model.max_len, o.seq_len);
+  cfg.model.n_bins = cfg.data.mode == "binned" ? cfg.data.n_bins : 0;
+  cfg.train.max_steps = std::max<int64_t>(cfg.train.max_steps, o.warmup + o.steps);
+  cfg.train.batch_size = o.batch_size;
+  validate(cfg);
+
+  std::string status = "ok";
+  double tps = 0, tflops = 0, mem = -1, step_ms = 0, loss = 0;
+  int64_t params = 0;
+  std::string device;
+  try {
+    Engine engine(cfg);
+    params = engine.num_parameters();
+    device = engine.device().str();
+    log::info(str("bench-train: ", cfg.model.n_layers, "x", cfg.model.d_model, " (", params,
+                  " parameters), ", cfg.model.attention, " attention, ", o.batch_size, " x ", o.seq_len,
+                  " tokens, grad_accum ", cfg.train.grad_accum, ", ", device,
+                  engine.autocast() ? " bf16 autocast" : " fp32",
+                  cfg.train.max_grad_norm > 0 ? "" : ", no gradient clipping"));
+    std::mt19937_64 rng(static_cast<uint64_t>(cfg.train.seed));
+    // A few distinct batches, reused: generating them is not what we measure.
+    std::vector<data::Batch> pool;
+    for (int i = 0; i < 4; ++i) pool.push_back(synthetic_batch(o.batch_size, o.seq_len, o.vocab_size, cfg.model.n_bins, rng));
+    auto micro = [&](int64_t step) {
+      std::vector<data::Batch> m;
+      for (int64_t a = 0; a < cfg.train.grad_accum; ++a) m.push_back(pool[(step * cfg.train.grad_accum + a) % pool.size()]);
+      return m;
+    };
+    for (int64_t i = 0; i < o.warmup; ++i) engine.train_step(micro(i));
+    engine.synchronize();
+    engine.reset_peak_memory();
+    double flops = 0;
+    int64_t tokens = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < o.steps; ++i) {
+      StepStats s = engine.train_step(micro(o.warmup + i));
+      flops += s.flops;
+      tokens += s.tokens;
+      loss = s.loss;
+    }
+    engine.synchronize();
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    tps = static_cast<double>(tokens) / secs;
+    tflops = flops / secs / 1e12;
+    mem = engine.peak_memory_gib();
+    step_ms = secs / static_cast<double>(o.steps) * 1e3;
+  } catch (const c10::OutOfMemoryError& e) {
+    status = "oom";
+    log::error(str("bench-train: out of memory: ", e.what_without_backtrace()));
+  }
+
+  json::Writer w;
+  w.begin_object()
+      .field("impl", "sctrain")
+      .field("status", status)
+      .field("attention", cfg.model.attention)
+      .field("n_layers", cfg.model.n_layers)
+      .field("d_model", cfg.model.d_model)
+      .field("params", params)
+      .field("batch_size", o.batch_size)
+      .field("seq_len", o.seq_len)
+      .field("grad_accum", cfg.train.grad_accum)
+      .field("clip", cfg.train.max_grad_norm > 0)
+      .field("device", device)
+      .field("steps", o.steps)
+      .field("step_ms", step_ms)
+      .field("tokens_per_s", tps)
+      .field("tflops", tflops);
+  if (mem >= 0) w.field("mem_peak_gib", mem);
+  else w.key("mem_peak_gib").null();
+  w.field("loss", loss).end_object();
+  std::printf("%s\n", w.str().c_str());
+  std::fflush(stdout);
+  if (!o.json_out.empty()) std::ofstream(o.json_out, std::ios::app) << w.str() << "\n";
+  return status == "ok" ? 0 : 1;
+}
+
+}  // namespace sctrain::train

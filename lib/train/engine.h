@@ -1,0 +1,79 @@
+// One model, its optimizer and schedule on one device: what `pretrain` and `bench-train`
+// drive. Includes LibTorch: include from .cpp files only.
+#pragma once
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "data/batch.h"
+#include "model/model.h"
+#include "train/config.h"
+#include "train/optim.h"
+
+namespace sctrain::train {
+
+// Learning rate of optimizer step `step` (0-based): linear warmup to lr over warmup_steps,
+// then cosine from lr to min_lr at max_steps.
+double lr_at(const TrainConfig& t, int64_t step);
+
+struct StepStats {
+  double loss = 0;                       // mean masked-token cross-entropy over micro-batches
+  double grad_norm = 0;                  // global L2 norm of the gradients, before clipping
+  std::vector<double> block_grad_norms;  // per Model::block_names() group
+  bool finite = true;                    // loss and gradients finite
+  bool applied = true;                   // the update was applied (false: skipped)
+  double lr = 0;
+  int64_t cells = 0, tokens = 0, padded_tokens = 0, masked = 0;
+  double flops = 0;                      // model FLOPs (model::training_flops)
+};
+
+struct EvalStats {
+  double loss = 0;  // mean over all masked tokens
+  int64_t masked = 0;
+};
+
+torch::Device resolve_device(const std::string& name);  // "auto", "cpu", "cuda", "cuda:N"
+
+class Engine {
+ public:
+  // cfg.model.vocab_size (and n_bins) must be set. Seeds LibTorch with train.seed first.
+  explicit Engine(const Config& cfg);
+
+  // One optimizer step over these micro-batches (gradient accumulation). Advances step().
+  // A non-finite loss or gradient never updates the weights (the caller applies nan_policy).
+  StepStats train_step(const std::vector<data::Batch>& micro);
+  EvalStats evaluate(const std::vector<data::Batch>& batches);
+
+  // model.pt and train_state.pt into / from a directory.
+  void save(const std::filesystem::path& dir) const;
+  void load(const std::filesystem::path& dir);
+
+  int64_t step() const { return step_; }
+  void set_step(int64_t s) { step_ = s; }
+  model::Model& model() { return model_; }
+  const torch::Device& device() const { return device_; }
+  bool autocast() const { return autocast_; }
+  int64_t num_parameters() const { return n_params_; }
+
+  // Peak allocated GPU memory since the last reset, in GiB; -1 on CPU.
+  double peak_memory_gib() const;
+  void reset_peak_memory();
+  void synchronize() const;
+
+ private:
+  Config cfg_;
+  torch::Device device_;
+  bool autocast_ = false;
+  model::Model model_{nullptr};
+  std::unique_ptr<AdamW> opt_;
+  std::vector<torch::Tensor> group_params_;  // parameters in group order
+  std::vector<int64_t> group_of_;           // their block group
+  int64_t n_groups_ = 0, n_params_ = 0, step_ = 0;
+};
+
+// Loads model.pt into a model (for evaluation and embedding).
+void load_model_weights(model::Model& m, const std::filesystem::path& file);
+
+}  // namespace sctrain::train

@@ -1,0 +1,95 @@
+#include "train/optim.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "util/log.h"
+
+namespace sctrain::train {
+
+AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& named_params, AdamWOptions opts)
+    : opts_(opts) {
+  torch::NoGradGuard g;
+  for (const auto& [name, p] : named_params) {
+    Slot s;
+    s.name = name;
+    s.param = p;
+    s.exp_avg = torch::zeros_like(p, torch::MemoryFormat::Contiguous);
+    s.exp_avg_sq = torch::zeros_like(p, torch::MemoryFormat::Contiguous);
+    s.step = torch::zeros({}, p.options().dtype(torch::kFloat));
+    s.decay = p.dim() >= 2;
+    slots_.push_back(std::move(s));
+  }
+}
+
+int64_t AdamW::n_decay() const {
+  int64_t n = 0;
+  for (const auto& s : slots_) n += s.decay;
+  return n;
+}
+
+void AdamW::zero_grad() {
+  for (auto& s : slots_) s.param.mutable_grad().reset();
+}
+
+void AdamW::step(double lr) {
+  torch::NoGradGuard g;
+  for (int decay = 0; decay < 2; ++decay) {
+    std::vector<torch::Tensor> p, gr, m, v, st;
+    for (auto& s : slots_) {
+      if (s.decay != static_cast<bool>(decay) || !s.param.grad().defined()) continue;
+      p.push_back(s.param);
+      gr.push_back(s.param.grad());
+      m.push_back(s.exp_avg);
+      v.push_back(s.exp_avg_sq);
+      st.push_back(s.step);
+    }
+    if (p.empty()) continue;
+    const double wd = decay ? opts_.weight_decay : 0.0;
+    at::_foreach_add_(st, 1.0);
+    if (fused_) {
+      try {
+        at::_fused_adamw_(p, gr, m, v, {}, st, lr, opts_.beta1, opts_.beta2, wd, opts_.eps,
+                          /*amsgrad=*/false, /*maximize=*/false);
+        continue;
+      } catch (const c10::Error& e) {
+        log::warn(str("fused AdamW unavailable (", e.what_without_backtrace(),
+                      "): using the per-tensor form"));
+        fused_ = false;
+      }
+    }
+    for (size_t i = 0; i < p.size(); ++i) {
+      const double t = st[i].item<double>();
+      p[i].mul_(1.0 - lr * wd);
+      m[i].lerp_(gr[i], 1.0 - opts_.beta1);
+      v[i].mul_(opts_.beta2).addcmul_(gr[i], gr[i], 1.0 - opts_.beta2);
+      const double bc1 = 1.0 - std::pow(opts_.beta1, t), bc2 = 1.0 - std::pow(opts_.beta2, t);
+      auto denom = (v[i].sqrt() / std::sqrt(bc2)).add_(opts_.eps);
+      p[i].addcdiv_(m[i], denom, -lr / bc1);
+    }
+  }
+}
+
+void AdamW::save(torch::serialize::OutputArchive& ar) const {
+  for (const auto& s : slots_) {
+    ar.write("adamw." + s.name + ".exp_avg", s.exp_avg);
+    ar.write("adamw." + s.name + ".exp_avg_sq", s.exp_avg_sq);
+    ar.write("adamw." + s.name + ".step", s.step);
+  }
+}
+
+void AdamW::load(torch::serialize::InputArchive& ar) {
+  torch::NoGradGuard g;
+  for (auto& s : slots_) {
+    torch::Tensor t;
+    ar.read("adamw." + s.name + ".exp_avg", t);
+    s.exp_avg.copy_(t);
+    ar.read("adamw." + s.name + ".exp_avg_sq", t);
+    s.exp_avg_sq.copy_(t);
+    ar.read("adamw." + s.name + ".step", t);
+    s.step.copy_(t);
+  }
+}
+
+}  // namespace sctrain::train

@@ -1,0 +1,43 @@
+// AdamW over flat parameter lists, with the learning rate given per step (the schedule
+// lives outside). Weight decay applies to matrices (dim >= 2) only: not to biases,
+// LayerNorm weights, LayerScale gammas. On CUDA and CPU it runs ATen's fused AdamW
+// (at::_fused_adamw_, one kernel per group); the plain per-tensor form is the fallback.
+#pragma once
+#include <torch/types.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace torch::serialize {
+class InputArchive;
+class OutputArchive;
+}  // namespace torch::serialize
+
+namespace sctrain::train {
+
+struct AdamWOptions {
+  double beta1 = 0.9, beta2 = 0.98, eps = 1e-8, weight_decay = 0.01;
+};
+
+class AdamW {
+ public:
+  AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& named_params, AdamWOptions opts);
+  void step(double lr);  // parameters without a gradient are left alone
+  void zero_grad();      // gradients set to none
+  void save(torch::serialize::OutputArchive& ar) const;
+  void load(torch::serialize::InputArchive& ar);
+  int64_t n_decay() const;  // parameters that get weight decay
+
+ private:
+  struct Slot {
+    std::string name;
+    torch::Tensor param, exp_avg, exp_avg_sq, step;  // step: float32 scalar on the device
+    bool decay = true;
+  };
+  std::vector<Slot> slots_;
+  AdamWOptions opts_;
+  bool fused_ = true;
+};
+
+}  // namespace sctrain::train
