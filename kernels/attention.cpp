@@ -2,6 +2,8 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/attention.h"
 
@@ -15,9 +17,19 @@
 namespace sctrain::kernels {
 
 #ifdef SCTRAIN_HAVE_CUDA_KERNELS
+namespace cuda {
+int device_sm();
+}
 namespace {
 
 using torch::Tensor;
+
+// The Hopper kernels on sm_90 unless SCTRAIN_ATTENTION_PATH=sm80 (tests run both).
+bool use_hopper_path() {
+  const char* env = std::getenv("SCTRAIN_ATTENTION_PATH");
+  if (env && std::string(env) == "sm80") return false;
+  return cuda::device_sm() == 90;
+}
 
 // The kernels read 16-byte chunks: unit last stride, other strides and the start 8-element aligned.
 bool kernel_layout_ok(const Tensor& x) {
@@ -63,7 +75,10 @@ class SigmoidAttentionFn : public torch::autograd::Function<SigmoidAttentionFn> 
     auto o = torch::empty(q.sizes(), q.options().memory_format(torch::MemoryFormat::Contiguous));
     auto p = make_params(q, k, v, lengths, scale, bias, has_bias);
     p.o = o.data_ptr();
-    cuda::forward_sm80(p, at::cuda::getCurrentCUDAStream());
+    if (use_hopper_path())
+      cuda::forward_sm90(p, at::cuda::getCurrentCUDAStream());
+    else
+      cuda::forward_sm80(p, at::cuda::getCurrentCUDAStream());
     ctx->save_for_backward({q, k, v, lengths});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["bias"] = bias;

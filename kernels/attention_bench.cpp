@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <random>
 
@@ -124,6 +125,14 @@ int run_attention_bench(const AttentionBenchOptions& opts) {
             return sigmoid_attention(q, k, v, full);
           }, qkv, opts.reps, fm, bm))
         add("sigmoid (ours)", false, dense_flop, fm, bm);
+      if (prop->major == 9) {  // the portable path too, on Hopper
+        setenv("SCTRAIN_ATTENTION_PATH", "sm80", 1);
+        if (time_impl([&](const Tensor& q, const Tensor& k, const Tensor& v) {
+              return sigmoid_attention(q, k, v, full);
+            }, qkv, opts.reps, fm, bm))
+          add("sigmoid (ours, portable)", false, dense_flop, fm, bm);
+        unsetenv("SCTRAIN_ATTENTION_PATH");
+      }
       for (Sdp which : {Sdp::CuDNN, Sdp::Flash}) {
         select_sdp(which);
         auto sdpa = [](const Tensor& q, const Tensor& k, const Tensor& v) {

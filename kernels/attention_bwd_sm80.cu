@@ -1,5 +1,5 @@
 // Backward sigmoid attention, portable path (sm_80+): mma.sync m16n8k16, cp.async double buffering.
-// One block = BC = 16*NW keys of one (batch, head), looping over query blocks of 64 up to the length.
+// One block = BC = 16*NW keys of one (batch, head), looping over query blocks of BR up to the length.
 // Each warp owns 16 keys and computes, transposed (keys x queries):
 //   S^T = K Q^T,  P^T = sigmoid(S^T*scale + b),  dP^T = V dO^T,  dS^T = scale * dP^T P^T (1 - P^T)
 //   dV += P^T dO,  dK += dS^T Q,  and dQ += dS K through shared memory and fp32 atomics.
@@ -14,9 +14,7 @@ namespace sctrain::kernels::cuda {
 namespace sm80 {
 namespace {
 
-constexpr int BR = 64;  // queries per step
-
-template <typename T, int D, int NW>
+template <typename T, int D, int NW, int BR>
 __global__ void __launch_bounds__(NW * 32) bwd_kernel(const AttnParams p) {
   constexpr int BC = 16 * NW, NT = NW * 32;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -59,9 +57,10 @@ __global__ void __launch_bounds__(NW * 32) bwd_kernel(const AttnParams p) {
     load_tile<BR, D, NT>(sdO, dout, p.do_stride[1], len, tid);
     cp_async_commit();
 
-    // dQ work split: warp w takes query rows (w % 4)*16 and a slice of D.
-    constexpr int DSPLIT = NW / 4, DQN = D / 8 / DSPLIT;
-    const int qrow = (warp % 4) * 16, dcol0 = (warp / 4) * (D / DSPLIT);
+    // dQ work split: warp w takes query rows (w % RT)*16 and a slice of D.
+    constexpr int RT = BR / 16, DSPLIT = NW / RT, DQN = D / 8 / DSPLIT;
+    static_assert(NW % RT == 0 && DQN % 2 == 0, "dQ split");
+    const int qrow = (warp % RT) * 16, dcol0 = (warp / RT) * (D / DSPLIT);
 
     for (int i = 0; i < nqb; ++i) {
       const int st = i & 1;
@@ -164,14 +163,8 @@ __global__ void __launch_bounds__(NW * 32) bwd_kernel(const AttnParams p) {
 #pragma unroll
         for (int n = 0; n < DQN; ++n) {
           const int c = dcol0 + n * 8 + 2 * t;
-          if (qa < len) {
-            atomicAdd(dq + qa * o_row + c, dqa[n][0]);
-            atomicAdd(dq + qa * o_row + c + 1, dqa[n][1]);
-          }
-          if (qb < len) {
-            atomicAdd(dq + qb * o_row + c, dqa[n][2]);
-            atomicAdd(dq + qb * o_row + c + 1, dqa[n][3]);
-          }
+          if (qa < len) atomic_add2(dq + qa * o_row + c, dqa[n][0], dqa[n][1]);
+          if (qb < len) atomic_add2(dq + qb * o_row + c, dqa[n][2], dqa[n][3]);
         }
       }
       __syncthreads();  // stage and sdS free for the next step
@@ -196,9 +189,10 @@ __global__ void __launch_bounds__(NW * 32) bwd_kernel(const AttnParams p) {
 
 template <typename T, int D>
 void launch(const AttnParams& p, cudaStream_t stream) {
-  constexpr int NW = D == 128 ? 4 : 8, BC = 16 * NW;
+  // d128: 32 queries per step keeps S^T, dP^T and the dK, dV accumulators in registers.
+  constexpr int NW = D == 128 ? 4 : 8, BC = 16 * NW, BR = D == 128 ? 32 : 64;
   const size_t smem = static_cast<size_t>(2 * BC * D + 4 * BR * D + BC * BR) * sizeof(T);
-  auto kernel = bwd_kernel<T, D, NW>;
+  auto kernel = bwd_kernel<T, D, NW, BR>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   dim3 grid((p.N + BC - 1) / BC, p.H, p.B);
   kernel<<<grid, NW * 32, smem, stream>>>(p);

@@ -35,6 +35,7 @@ struct AttnParams {
 int device_sm();
 
 void forward_sm80(const AttnParams& p, cudaStream_t stream);
+void forward_sm90(const AttnParams& p, cudaStream_t stream);  // Hopper (sm_90a) only
 void backward_sm80(const AttnParams& p, cudaStream_t stream);
 
 }  // namespace sctrain::kernels::cuda

@@ -73,10 +73,23 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// Element offset of (row, col) in a tile with W elements per row (W a multiple of 64).
+// Element offset of (row, col) in a tile with W elements per row (W = 32 or a multiple of 64).
 template <int W>
 __device__ __forceinline__ int swz(int row, int col) {
-  return row * W + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+  if constexpr (W == 32)  // two rows per 128-byte line
+    return row * W + ((((col >> 3) ^ ((row >> 1) & 3))) << 3) + (col & 7);
+  else
+    return row * W + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+}
+
+// p[0] += a, p[1] += b (one vector atomic on sm_90; p 8-byte aligned).
+__device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(a, b));
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
+#endif
 }
 
 // Copies ROWS x W elements from global (row stride in elements) into a swizzled tile;

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -113,8 +114,7 @@ const char* dtype_name(torch::ScalarType t) { return t == torch::kBFloat16 ? "bf
 #define REQUIRE_GPU() \
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU"
 
-TEST(SigmoidAttentionGpu, EdgeLengths) {
-  REQUIRE_GPU();
+void edge_cases() {
   for (auto dt : {torch::kBFloat16, torch::kHalf})
     for (int d : {64, 128}) {
       SCOPED_TRACE(std::string(dtype_name(dt)) + " d" + std::to_string(d));
@@ -124,6 +124,20 @@ TEST(SigmoidAttentionGpu, EdgeLengths) {
       run_case({2, 1, 1, d, dt, {1, 0}}, 3);
       run_case({2, 70, 2, d, dt, {0, 0}}, 4);
     }
+}
+
+TEST(SigmoidAttentionGpu, EdgeLengths) {
+  REQUIRE_GPU();
+  edge_cases();
+}
+
+// The portable (mma.sync) path also on devices where the Hopper path is the default.
+TEST(SigmoidAttentionGpu, PortablePathEdgeLengths) {
+  REQUIRE_GPU();
+  setenv("SCTRAIN_ATTENTION_PATH", "sm80", 1);
+  edge_cases();
+  run_case({2, 1000, 2, 64, torch::kBFloat16, {513, 1000}}, 9);
+  unsetenv("SCTRAIN_ATTENTION_PATH");
 }
 
 // Small enough for compute-sanitizer (scripts/gpu.sh kernels-sanitize).

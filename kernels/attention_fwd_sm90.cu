@@ -1,0 +1,216 @@
+// Forward sigmoid attention, Hopper path (sm_90a): wgmma with operands in shared memory.
+// One block = 2 warpgroups x 64 query rows of one (batch, head); key blocks of BC = 128.
+// S = Q K^T: wgmma m64n128k16, A and B from shared memory (K-major, 128-byte swizzle).
+// O += P V:  wgmma m64nDk16, A = P from registers, B = V from shared memory (MN-major).
+// Tiles are loaded with cp.async (zero-filled past the length), double-buffered.
+// Shared tile layout: column halves of 64 elements, each [rows][64] with 16-byte chunks
+// XOR-swizzled by (row & 7): the canonical 128-byte-swizzle layout of wgmma.
+#include "kernels/attention_cuda.h"
+#include "kernels/sm80_common.cuh"
+#include "kernels/sm90_wgmma.cuh"
+
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace sctrain::kernels::cuda {
+namespace sm90 {
+namespace {
+
+using sm80::clamp_len;
+using sm80::cp_async16;
+using sm80::cp_async_commit;
+using sm80::cp_async_wait;
+using sm80::sigmoid_half_arg;
+using sm80::smem_addr;
+using sm80::Traits;
+
+constexpr int BC = 128, NWG = 2, BR = 64 * NWG, NT = 128 * NWG;
+
+// Element offset of (row, col) in a ROWS x D tile stored as D/64 swizzled column halves.
+template <int ROWS>
+__device__ __forceinline__ int tile_off(int row, int col) {
+  return (col >> 6) * ROWS * 64 + row * 64 + ((((col >> 3) & 7) ^ (row & 7)) << 3) + (col & 7);
+}
+
+template <int ROWS, int D, typename T>
+__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t row_stride, int valid, int tid) {
+  constexpr int CH = D / 8;
+  static_assert((ROWS * CH) % NT == 0, "tile chunks must divide among threads");
+#pragma unroll
+  for (int i = 0; i < ROWS * CH / NT; ++i) {
+    const int idx = tid + i * NT;
+    const int r = idx / CH, c = (idx % CH) * 8;
+    const bool ok = r < valid;
+    cp_async16(smem_addr(s + tile_off<ROWS>(r, c)), ok ? g + r * row_stride + c : g, ok ? 16 : 0);
+  }
+}
+
+// Shared-memory matrix descriptor, 128-byte swizzle.
+__device__ __forceinline__ uint64_t desc(const void* p, uint32_t lbo_bytes, uint32_t sbo_bytes) {
+  const uint32_t a = smem_addr(p);
+  return static_cast<uint64_t>((a & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo_bytes >> 4) << 16) |
+         (static_cast<uint64_t>(sbo_bytes >> 4) << 32) | (1ull << 62);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void mma_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int scale_d) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if constexpr (N == 64) wgmma_ss_bf16_n64(d, da, db, scale_d);
+    else wgmma_ss_bf16_n128(d, da, db, scale_d);
+  } else {
+    if constexpr (N == 64) wgmma_ss_f16_n64(d, da, db, scale_d);
+    else wgmma_ss_f16_n128(d, da, db, scale_d);
+  }
+}
+template <typename T, int N>
+__device__ __forceinline__ void mma_rs_tb(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if constexpr (N == 64) wgmma_rs_bf16_n64_tb(d, a, db);
+    else wgmma_rs_bf16_n128_tb(d, a, db);
+  } else {
+    if constexpr (N == 64) wgmma_rs_f16_n64_tb(d, a, db);
+    else wgmma_rs_f16_n128_tb(d, a, db);
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
+  extern __shared__ unsigned char smem_raw[];
+  // 1024-byte alignment for the swizzled tiles.
+  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + BR * D;      // 2 stages
+  T* sV = sK + 2 * BC * D;  // 2 stages
+
+  const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, warp_in_wg = (tid % 128) / 32;
+  const int g = lane / 4, t = lane % 4;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int q0 = blockIdx.x * BR;
+  const int len = clamp_len(p.lengths, b, p.N);
+  const int64_t o_row = static_cast<int64_t>(p.H) * D;
+  T* o = static_cast<T*>(p.o) + (static_cast<int64_t>(b) * p.N) * o_row + static_cast<int64_t>(h) * D;
+  const int r0 = q0 + wg * 64 + warp_in_wg * 16 + g, r1 = r0 + 8;
+
+  if (q0 >= len) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const int c = n * 8 + 2 * t;
+      if (r0 < p.N) *reinterpret_cast<uint32_t*>(o + r0 * o_row + c) = 0u;
+      if (r1 < p.N) *reinterpret_cast<uint32_t*>(o + r1 * o_row + c) = 0u;
+    }
+    return;
+  }
+
+  const T* q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[2];
+  const T* k = static_cast<const T*>(p.k) + b * p.k_stride[0] + h * p.k_stride[2];
+  const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + h * p.v_stride[2];
+  const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(len));
+  const float hs = 0.5f * p.scale, hb = 0.5f * bias;
+  const int nkb = (len + BC - 1) / BC;
+
+  load_tile<BR, D>(sQ, q + q0 * p.q_stride[1], p.q_stride[1], len - q0, tid);
+  load_tile<BC, D>(sK, k, p.k_stride[1], len, tid);
+  load_tile<BC, D>(sV, v, p.v_stride[1], len, tid);
+  cp_async_commit();
+
+  float acc[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
+  const T* sQw = sQ + wg * 64 * 64;  // this warpgroup's 64 rows (in each column half)
+
+  for (int j = 0; j < nkb; ++j) {
+    const int st = j & 1;
+    if (j + 1 < nkb) {
+      const int kn = (j + 1) * BC;
+      load_tile<BC, D>(sK + (st ^ 1) * BC * D, k + kn * p.k_stride[1], p.k_stride[1], len - kn, tid);
+      load_tile<BC, D>(sV + (st ^ 1) * BC * D, v + kn * p.v_stride[1], p.v_stride[1], len - kn, tid);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async();  // cp.async writes -> tensor-core reads
+    __syncthreads();
+    const T* cK = sK + st * BC * D;
+    const T* cV = sV + st * BC * D;
+
+    // S = Q K^T (64 x 128 per warpgroup)
+    float s[BC / 2];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int half = kk / 4, koff = (kk % 4) * 16;
+      const uint64_t da = desc(sQw + half * BR * 64 + koff, 16, 1024);
+      const uint64_t db = desc(cK + half * BC * 64 + koff, 16, 1024);
+      mma_ss<T, BC>(s, da, db, kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+
+    const int kbase = j * BC;
+    const bool partial = kbase + BC > len;
+    uint32_t pf[BC / 16][4];
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) {
+      float pv[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        pv[e] = sigmoid_half_arg(fmaf(s[4 * n + e], hs, hb));
+        if (partial && kbase + n * 8 + 2 * t + (e & 1) >= len) pv[e] = 0.f;
+      }
+      pf[n / 2][(n & 1) * 2 + 0] = Traits<T>::pack(pv[0], pv[1]);
+      pf[n / 2][(n & 1) * 2 + 1] = Traits<T>::pack(pv[2], pv[3]);
+    }
+
+    // O += P V: k = 16 keys per step (2048 bytes of V), N = D across the column halves.
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) {
+      const uint64_t db = desc(cV + kk * 16 * 64, BC * 128, 1024);
+      mma_rs_tb<T, D>(acc, pf[kk], db);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    __syncthreads();
+  }
+
+  const bool v0 = r0 < len, v1 = r1 < len;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int c = n * 8 + 2 * t;
+    if (r0 < p.N)
+      *reinterpret_cast<uint32_t*>(o + r0 * o_row + c) = v0 ? Traits<T>::pack(acc[4 * n], acc[4 * n + 1]) : 0u;
+    if (r1 < p.N)
+      *reinterpret_cast<uint32_t*>(o + r1 * o_row + c) =
+          v1 ? Traits<T>::pack(acc[4 * n + 2], acc[4 * n + 3]) : 0u;
+  }
+}
+
+template <typename T, int D>
+void launch(const AttnParams& p, cudaStream_t stream) {
+  const size_t smem = static_cast<size_t>(BR + 4 * BC) * D * sizeof(T) + 1024;
+  auto kernel = fwd_kernel<T, D>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  dim3 grid((p.N + BR - 1) / BR, p.H, p.B);
+  kernel<<<grid, NT, smem, stream>>>(p);
+}
+
+}  // namespace
+}  // namespace sm90
+
+void forward_sm90(const AttnParams& p, cudaStream_t stream) {
+  if (p.B == 0 || p.N == 0 || p.H == 0) return;
+  const bool bf = p.dtype == DType::BF16;
+  if (p.D == 64)
+    bf ? sm90::launch<__nv_bfloat16, 64>(p, stream) : sm90::launch<__half, 64>(p, stream);
+  else if (p.D == 128)
+    bf ? sm90::launch<__nv_bfloat16, 128>(p, stream) : sm90::launch<__half, 128>(p, stream);
+  else
+    throw std::invalid_argument("sigmoid attention kernel: head dim must be 64 or 128");
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("sigmoid attention forward (sm90) launch: ") + cudaGetErrorString(err));
+}
+
+}  // namespace sctrain::kernels::cuda
