@@ -37,16 +37,32 @@ std::string strip_ensembl_version(std::string_view name) {
 }
 
 GeneTable GeneTable::load(const std::string& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(str(path, ": cannot open the gene table"));
   GeneTable t;
-  std::string line;
+  t.text_.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  if (t.text_.size() < 64) t.text_.reserve(64);  // keep it on the heap: views survive moves
+  t.by_symbol_.reserve(100000);
+  t.by_alias_.reserve(200000);
+  t.by_ensembl_.reserve(60000);
+  std::string_view all(t.text_);
   int64_t lineno = 0;
-  int col_symbol = -1, col_ensembl = -1, col_aliases = -1;
-  while (std::getline(in, line)) {
+  int col_symbol = -1, col_ensembl = -1, col_aliases = -1, need = 0;
+  std::vector<std::string_view> f;
+  // Ensembl IDs with a version suffix are stored stripped: a view of the prefix.
+  auto stripped = [](std::string_view e) {
+    std::string s = strip_ensembl_version(e);
+    return e.substr(0, s.size());
+  };
+  size_t pos = 0;
+  while (pos < all.size()) {
+    size_t end = all.find('\n', pos);
+    if (end == std::string_view::npos) end = all.size();
+    std::string_view line = all.substr(pos, end - pos);
+    pos = end + 1;
     ++lineno;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    auto f = split(line, '\t');
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    f = split(line, '\t');
     if (lineno == 1) {
       for (int i = 0; i < static_cast<int>(f.size()); ++i) {
         if (f[i] == "symbol") col_symbol = i;
@@ -55,19 +71,18 @@ GeneTable GeneTable::load(const std::string& path) {
       }
       if (col_symbol < 0 || col_ensembl < 0)
         throw std::runtime_error(str(path, ":1: header needs columns 'symbol' and 'ensembl_ids'"));
+      need = std::max({col_symbol, col_ensembl, col_aliases}) + 1;
       continue;
     }
     if (line.empty()) continue;
-    if (static_cast<int>(f.size()) <= std::max({col_symbol, col_ensembl, col_aliases}))
-      throw std::runtime_error(str(path, ":", lineno, ": expected ", std::max({col_symbol, col_ensembl, col_aliases}) + 1,
-                                   " tab-separated fields, got ", f.size()));
-    int gene = static_cast<int>(t.canonical_.size());
-    std::string symbol(f[col_symbol]);
-    std::string first_ensembl;
+    if (static_cast<int>(f.size()) < need)
+      throw std::runtime_error(str(path, ":", lineno, ": expected ", need, " tab-separated fields, got ", f.size()));
+    const int gene = static_cast<int>(t.canonical_.size());
+    std::string_view symbol = f[col_symbol], first_ensembl;
     if (!f[col_ensembl].empty()) {
       for (auto e : split(f[col_ensembl], '|')) {
         if (e.empty()) continue;
-        std::string id = strip_ensembl_version(e);
+        std::string_view id = stripped(e);
         if (first_ensembl.empty()) first_ensembl = id;
         t.by_ensembl_.emplace(id, gene);  // first gene in table order wins
       }
@@ -76,20 +91,21 @@ GeneTable GeneTable::load(const std::string& path) {
     if (!symbol.empty()) t.by_symbol_.emplace(symbol, gene);
     if (col_aliases >= 0 && !f[col_aliases].empty())
       for (auto a : split(f[col_aliases], '|'))
-        if (!a.empty()) t.by_alias_.emplace(std::string(a), gene);
+        if (!a.empty()) t.by_alias_.emplace(a, gene);
   }
   if (t.canonical_.empty()) throw std::runtime_error(str(path, ": the gene table has no genes"));
   return t;
 }
 
 std::optional<std::string> GeneTable::canonical(std::string_view name) const {
-  std::string key = strip_ensembl_version(name);
+  const std::string stripped = strip_ensembl_version(name);
+  const std::string_view key(stripped);
   if (is_ensembl(key)) {
     auto it = by_ensembl_.find(key);
-    if (it != by_ensembl_.end()) return canonical_[it->second];
+    if (it != by_ensembl_.end()) return std::string(canonical_[it->second]);
   }
-  if (auto it = by_symbol_.find(key); it != by_symbol_.end()) return canonical_[it->second];
-  if (auto it = by_alias_.find(key); it != by_alias_.end()) return canonical_[it->second];
+  if (auto it = by_symbol_.find(key); it != by_symbol_.end()) return std::string(canonical_[it->second]);
+  if (auto it = by_alias_.find(key); it != by_alias_.end()) return std::string(canonical_[it->second]);
   return std::nullopt;
 }
 

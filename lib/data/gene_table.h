@@ -18,13 +18,18 @@ class GeneTable {
  public:
   // Throws std::runtime_error naming the file and line on a malformed table.
   static GeneTable load(const std::string& path);
+  // Moves only: keys are views into text_, whose heap buffer a move keeps.
+  GeneTable() = default;
+  GeneTable(GeneTable&&) = default;
+  GeneTable& operator=(GeneTable&&) = default;
   size_t size() const { return canonical_.size(); }
   // Canonical name of a gene named `name`, nullopt when the table does not know it.
   std::optional<std::string> canonical(std::string_view name) const;
 
  private:
-  std::vector<std::string> canonical_;                  // per gene (table row)
-  std::unordered_map<std::string, int> by_ensembl_, by_symbol_, by_alias_;
+  std::string text_;                                    // the whole file; keys point into it
+  std::vector<std::string_view> canonical_;             // per gene (table row)
+  std::unordered_map<std::string_view, int> by_ensembl_, by_symbol_, by_alias_;
 };
 
 // "ENSG00000121410.12" -> "ENSG00000121410"; other names unchanged.
