@@ -1,0 +1,217 @@
+// The encoder: shapes, gradients, parameter counts, the masked-only head, padding
+// invariance (softmax and sigmoid), and the sigmoid reference against float64 loops.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "data/batch.h"
+#include "kernels/attention.h"
+#include "model/model.h"
+
+using namespace sctrain;
+using model::Model;
+using model::ModelConfig;
+
+namespace {
+
+ModelConfig tiny(const std::string& attention = "softmax") {
+  ModelConfig c;
+  c.vocab_size = 40;
+  c.d_model = 16;
+  c.n_layers = 2;
+  c.n_heads = 2;
+  c.d_ff = 32;
+  c.max_len = 16;
+  c.attention = attention;
+  return c;
+}
+
+// A right-padded batch with these lengths; every 3rd gene masked.
+data::Batch make_batch(const std::vector<int32_t>& lengths, int32_t vocab, int64_t n_bins = 0, uint64_t seed = 1) {
+  data::Batch b;
+  b.batch_size = static_cast<int64_t>(lengths.size());
+  b.seq_len = *std::max_element(lengths.begin(), lengths.end());
+  b.lengths = lengths;
+  b.tokens.assign(b.batch_size * b.seq_len, data::kPad);
+  b.labels.assign(b.batch_size * b.seq_len, data::kIgnoreLabel);
+  if (n_bins) b.bins.assign(b.batch_size * b.seq_len, 0);
+  uint64_t x = seed;
+  auto next = [&]() { x = x * 6364136223846793005ULL + 1442695040888963407ULL; return static_cast<int32_t>(x >> 33); };
+  for (int64_t i = 0; i < b.batch_size; ++i) {
+    b.cell_ids.push_back(i);
+    for (int32_t j = 0; j < lengths[i]; ++j) {
+      auto k = i * b.seq_len + j;
+      b.tokens[k] = j == 0 ? data::kCls : data::kNumSpecial + next() % (vocab - data::kNumSpecial);
+      if (n_bins && j > 0) b.bins[k] = 1 + next() % (n_bins - 1);
+      if (j > 0 && j % 3 == 0) {
+        b.labels[k] = b.tokens[k];
+        b.tokens[k] = data::kMask;
+      }
+    }
+  }
+  return b;
+}
+
+}  // namespace
+
+TEST(Model, ShapesAndParameterCount) {
+  for (std::string attn : {"softmax", "sigmoid"})
+    for (std::string norm : {"pre", "post"})
+      for (int extras = 0; extras < 2; ++extras) {
+        torch::manual_seed(0);
+        ModelConfig c = tiny(attn);
+        c.norm = norm;
+        c.qk_norm = extras;
+        c.layer_scale = extras ? 0.1 : 0.0;
+        c.position_embedding = extras;
+        c.n_bins = extras ? 8 : 0;
+        Model m(c);
+        EXPECT_EQ(m->num_parameters(), model::count_parameters(c)) << attn << " " << norm << " " << extras;
+        auto b = make_batch({7, 12, 4}, 40, c.n_bins);
+        auto in = model::to_inputs(b, torch::kCPU);
+        auto h = m->forward(in);
+        EXPECT_EQ(h.sizes(), (std::vector<int64_t>{3, 12, 16}));
+        auto out = m->mlm(h, in);
+        int64_t masked = 0;
+        for (auto l : b.labels) masked += l != data::kIgnoreLabel;
+        EXPECT_EQ(out.n_masked, masked);
+        EXPECT_EQ(out.logits.sizes(), (std::vector<int64_t>{masked, 40}));
+        EXPECT_EQ(model::ModelImpl::cell_embedding(h).sizes(), (std::vector<int64_t>{3, 16}));
+        EXPECT_TRUE(std::isfinite(out.loss.item<double>()));
+      }
+}
+
+TEST(Model, EveryParameterGetsAFiniteGradient) {
+  for (std::string attn : {"softmax", "sigmoid"}) {
+    torch::manual_seed(0);
+    ModelConfig c = tiny(attn);
+    c.qk_norm = true;
+    c.layer_scale = 0.5;
+    c.n_bins = 6;
+    c.position_embedding = true;
+    Model m(c);
+    auto in = model::to_inputs(make_batch({9, 16, 5}, 40, 6), torch::kCPU);
+    m->mlm(m->forward(in), in).loss.backward();
+    for (const auto& p : m->named_parameters()) {
+      ASSERT_TRUE(p.value().grad().defined()) << attn << " " << p.key();
+      EXPECT_TRUE(torch::isfinite(p.value().grad()).all().item<bool>()) << p.key();
+      EXPECT_GT(p.value().grad().abs().sum().item<double>(), 0.0) << attn << " " << p.key();
+    }
+  }
+}
+
+// Central differences in float64 against autograd, for a few entries of each module kind.
+TEST(Model, GradientsMatchFiniteDifferences) {
+  for (std::string attn : {"softmax", "sigmoid"}) {
+    torch::manual_seed(1);
+    ModelConfig c = tiny(attn);
+    c.qk_norm = true;
+    c.layer_scale = 0.5;
+    Model m(c);
+    m->to(torch::kDouble);
+    auto in = model::to_inputs(make_batch({6, 9}, 40), torch::kCPU);
+    auto loss_fn = [&]() { return m->mlm(m->forward(in), in).loss.item<double>(); };
+    m->zero_grad();
+    m->mlm(m->forward(in), in).loss.backward();
+    for (const std::string name : {"gene_emb.weight", "emb_norm.weight", "blocks.0.attn.qkv.weight",
+                                   "blocks.0.attn.q_norm.weight", "blocks.1.attn.proj.bias",
+                                   "blocks.0.ffn.fc1.weight", "blocks.1.ffn.fc2.weight", "blocks.0.gamma1",
+                                   "final_norm.bias", "head_dense.weight", "head_bias"}) {
+      auto p = m->named_parameters()[name];
+      auto flat = p.view({-1});
+      auto grad = p.grad().view({-1});
+      for (int64_t idx : {int64_t{0}, flat.numel() / 2 + 1, flat.numel() - 1}) {
+        torch::NoGradGuard g;
+        // The sigmoid reference computes in float32 even for float64 inputs (kernels/):
+        // a larger step and tolerance there.
+        const bool f32 = attn == "sigmoid";
+        const double eps = f32 ? 1e-3 : 1e-6, orig = flat[idx].item<double>();
+        flat[idx] = orig + eps;
+        const double up = loss_fn();
+        flat[idx] = orig - eps;
+        const double down = loss_fn();
+        flat[idx] = orig;
+        const double fd = (up - down) / (2 * eps), ad = grad[idx].item<double>();
+        EXPECT_NEAR(fd, ad, f32 ? 2e-5 + 2e-2 * std::abs(ad) : 1e-6 + 1e-4 * std::abs(ad)) << attn << " " << name << "[" << idx << "]";
+      }
+    }
+  }
+}
+
+TEST(Model, MaskedOnlyHeadEqualsFullProjection) {
+  torch::manual_seed(0);
+  ModelConfig c = tiny();
+  Model m(c);
+  auto b = make_batch({10, 13}, 40);
+  auto in = model::to_inputs(b, torch::kCPU);
+  auto h = m->forward(in);
+  auto out = m->mlm(h, in);
+  // All positions projected, then gathered.
+  auto full = torch::nn::functional::linear(m->head_norm(torch::gelu(m->head_dense(h))),
+                                            m->gene_emb->weight, m->head_bias)
+                  .reshape({-1, c.vocab_size});
+  auto gathered = full.index_select(0, in.masked_positions);
+  EXPECT_TRUE(torch::allclose(out.logits, gathered, 1e-5, 1e-6));
+  EXPECT_NEAR(out.loss.item<double>(),
+              torch::nn::functional::cross_entropy(gathered, in.masked_targets).item<double>(), 1e-5);
+}
+
+// Outputs of a sequence do not depend on the padding its batch adds.
+TEST(Model, PaddingHasNoEffectOnUnpaddedOutputs) {
+  for (std::string attn : {"softmax", "sigmoid"}) {
+    torch::manual_seed(0);
+    ModelConfig c = tiny(attn);
+    c.qk_norm = true;
+    Model m(c);
+    m->eval();
+    auto alone = make_batch({6}, 40, 0, 7);  // 6 tokens, unpadded: no mask at all
+    auto both = make_batch({6, 11}, 40, 0, 7);
+    // The first cell of `both` is the same cell as `alone`.
+    for (int j = 0; j < 6; ++j) {
+      both.tokens[j] = alone.tokens[j];
+      both.labels[j] = alone.labels[j];
+    }
+    torch::NoGradGuard g;
+    auto h1 = m->forward(model::to_inputs(alone, torch::kCPU));
+    auto h2 = m->forward(model::to_inputs(both, torch::kCPU));
+    auto a = h1.select(0, 0), b = h2.select(0, 0).narrow(0, 0, 6);
+    EXPECT_TRUE(torch::allclose(a, b, 1e-5, 1e-5)) << attn << " max diff " << (a - b).abs().max().item<double>();
+  }
+}
+
+// The sigmoid reference against explicit float64 loops.
+TEST(SigmoidAttention, ReferenceMatchesFloat64Loops) {
+  torch::manual_seed(3);
+  const int64_t B = 2, N = 7, H = 2, D = 4;
+  auto fused = torch::randn({B, N, 3, H, D});
+  auto q = fused.select(2, 0), k = fused.select(2, 1), v = fused.select(2, 2);  // strided views
+  auto lengths = torch::tensor({7, 4}, torch::kInt);
+  for (int fixed = 0; fixed < 2; ++fixed) {
+    kernels::SigmoidAttentionOptions o;
+    if (fixed) o.bias = -1.5;
+    auto out = kernels::sigmoid_attention_reference(q, k, v, lengths, o);
+    ASSERT_EQ(out.sizes(), (std::vector<int64_t>{B, N, H, D}));
+    auto qd = q.to(torch::kDouble), kd = k.to(torch::kDouble), vd = v.to(torch::kDouble);
+    auto qa = qd.accessor<double, 4>(), ka = kd.accessor<double, 4>(), va = vd.accessor<double, 4>();
+    double max_err = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t len = lengths[b].item<int64_t>();
+      const double bias = fixed ? -1.5 : -std::log(static_cast<double>(len));
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < N; ++i)
+          for (int64_t d = 0; d < D; ++d) {
+            double acc = 0;
+            if (i < len)
+              for (int64_t j = 0; j < len; ++j) {
+                double s = 0;
+                for (int64_t e = 0; e < D; ++e) s += qa[b][i][h][e] * ka[b][j][h][e];
+                s = s / std::sqrt(static_cast<double>(D)) + bias;
+                acc += 1.0 / (1.0 + std::exp(-s)) * va[b][j][h][d];
+              }
+            max_err = std::max(max_err, std::abs(acc - out[b][i][h][d].item<double>()));
+          }
+    }
+    EXPECT_LT(max_err, 1e-5) << "fixed bias " << fixed;
+  }
+}
