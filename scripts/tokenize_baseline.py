@@ -3,7 +3,8 @@
 lib/data): a cross-check of our tokens and the baseline of the data-pipeline benchmark.
 
   1. read each file's matrix (X, raw/X or layers/NAME: FILE:MATRIX), map its genes through
-     the human gene table onto canonical names (Ensembl ID, else symbol; unknown names kept),
+     the human gene table onto canonical names (Ensembl ID, else symbol; names the table does
+     not know are tried through var's symbol column, e.g. var/gene_symbol; then kept as they are),
      vocabulary = specials + sorted canonical names; duplicate columns are summed
   2. normalise each cell to total 1e4 (total = sum of its positive values over all columns)
   3. gene median = numpy median of the normalised non-zero values over the corpus
@@ -27,6 +28,7 @@ import scipy.sparse as sp
 
 SPECIALS = ["<pad>", "<cls>", "<mask>", "<unk>", "<eos>"]
 PAD, CLS, MASK = 0, 1, 2
+SYMBOL_COLUMNS = ["gene_symbol", "gene_symbols", "symbol", "gene_name", "gene_names", "feature_name"]
 
 
 def strip_version(name):
@@ -72,21 +74,30 @@ def read_matrix(spec):
             path, matrix = head, tail
     a = ad.read_h5ad(path)
     if matrix == "X":
-        X, names = a.X, a.var_names
+        X, var = a.X, a.var
     elif matrix == "raw/X":
-        X, names = a.raw.X, a.raw.var_names
+        X, var = a.raw.X, a.raw.var
     else:
-        X, names = a.layers[matrix[len("layers/"):]], a.var_names
-    return path, sp.csr_matrix(X, dtype=np.float32), [str(n) for n in names]
+        X, var = a.layers[matrix[len("layers/"):]], a.var
+    # A symbol column to fall back on for names the table does not know (old Ensembl IDs).
+    symbols = None
+    for col in SYMBOL_COLUMNS:
+        if col in var.columns and not pd.api.types.is_numeric_dtype(var[col]) and not pd.api.types.is_bool_dtype(var[col]):
+            symbols = ["" if pd.isna(x) else str(x) for x in var[col]]
+            break
+    return path, sp.csr_matrix(X, dtype=np.float32), [str(n) for n in var.index], symbols
 
 
 def prepare(specs, gene_table, max_len, log=print):
     lookup = load_gene_table(gene_table) if gene_table else (lambda n: None)
     files = []
     for spec in specs:
-        path, X, names = read_matrix(spec)
-        canon = [lookup(n) or strip_version(n) for n in names]
-        mapped = sum(lookup(n) is not None for n in names)
+        path, X, names, symbols = read_matrix(spec)
+        found = [lookup(n) for n in names]
+        if gene_table and symbols:
+            found = [f or (lookup(s) if s else None) for f, s in zip(found, symbols)]
+        canon = [f or strip_version(n) for f, n in zip(found, names)]
+        mapped = sum(f is not None for f in found)
         files.append((path, X, canon))
         log(f"{path}: {X.shape[0]} cells x {X.shape[1]} genes, {mapped} mapped")
     vocab = SPECIALS + sorted(set(c for _, _, cs in files for c in cs) - set(SPECIALS))

@@ -42,14 +42,19 @@ namespace {
 
 constexpr int64_t kChunkRows = 1024;
 
+// var columns holding gene symbols, tried when a name (e.g. an outdated Ensembl ID) is not in
+// the gene table.
+constexpr const char* kSymbolColumns[] = {"gene_symbol", "gene_symbols", "symbol", "gene_name", "gene_names",
+                                          "feature_name"};
+
 // Median as numpy computes it: the mean of the two middle values for an even count.
-double median_of(std::vector<double>& v) {
-  if (v.empty()) return 0;
-  const size_t n = v.size(), mid = n / 2;
-  std::nth_element(v.begin(), v.begin() + mid, v.end());
+double median_of(double* v, int64_t n) {
+  if (n == 0) return 0;
+  const int64_t mid = n / 2;
+  std::nth_element(v, v + mid, v + n);
   double hi = v[mid];
   if (n % 2) return hi;
-  double lo = *std::max_element(v.begin(), v.begin() + mid);
+  double lo = *std::max_element(v, v + mid);
   return (lo + hi) / 2;
 }
 
@@ -78,17 +83,15 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
   PreparedCorpus c;
   c.tokenize = opts.tokenize;
 
-  std::optional<GeneTable> table;
-  if (!opts.gene_table.empty()) {
-    table = GeneTable::load(opts.gene_table);
-    log::info(str("gene table ", opts.gene_table, ": ", table->size(), " genes"));
-  }
   const bool fixed_vocab = !opts.vocab_file.empty();
   if (fixed_vocab) c.vocab = Vocabulary::load(opts.vocab_file);
+  const bool use_table = !opts.gene_table.empty();
 
-  // 1. Genes of every source -> canonical names.
+  // 1. Open every source; its gene names, and a symbol column of var to fall back on.
   std::vector<OpenedMatrix> opened;
-  std::vector<std::vector<std::string>> canon(opts.sources.size());
+  std::vector<std::vector<std::string>> names(opts.sources.size()), symbols(opts.sources.size());
+  std::vector<std::string> symbol_column(opts.sources.size());
+  std::vector<std::string> all_names;
   int64_t next_cell = 0;
   for (size_t s = 0; s < opts.sources.size(); ++s) {
     const SourceSpec& spec = opts.sources[s];
@@ -101,11 +104,45 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     si.n_genes = info.n_cols;
     si.first_cell = next_cell;
     next_cell += info.n_rows;
-    std::vector<std::string> names = opened.back().file.var_names(spec.matrix);
-    if (static_cast<int64_t>(names.size()) != info.n_cols)
-      throw std::runtime_error(str(spec.path, ": ", spec.matrix, " has ", info.n_cols, " columns but ", names.size(), " gene names"));
-    for (const auto& name : names) {
+    names[s] = opened.back().file.var_names(spec.matrix);
+    if (static_cast<int64_t>(names[s].size()) != info.n_cols)
+      throw std::runtime_error(str(spec.path, ": ", spec.matrix, " has ", info.n_cols, " columns but ", names[s].size(), " gene names"));
+    all_names.insert(all_names.end(), names[s].begin(), names[s].end());
+    if (use_table) {
+      io::Dataframe var = opened.back().file.var_of(spec.matrix);
+      for (const char* col : kSymbolColumns) {
+        const io::Column* column = var.find(col);
+        if (!column || column->type == io::ColumnType::Numeric || column->type == io::ColumnType::Boolean) continue;
+        if (static_cast<int64_t>(column->size()) != info.n_cols) continue;
+        symbol_column[s] = col;
+        for (size_t j = 0; j < column->size(); ++j) symbols[s].push_back(column->text(j));
+        all_names.insert(all_names.end(), symbols[s].begin(), symbols[s].end());
+        break;
+      }
+    }
+    c.sources.push_back(std::move(si));
+  }
+  c.n_cells = next_cell;
+
+  std::optional<GeneTable> table;
+  if (use_table) {
+    table = GeneTable::load(opts.gene_table, &all_names);
+    log::info(str("gene table ", opts.gene_table, ": ", table->size(), " genes"));
+  }
+
+  // Names -> canonical token names: the table (by name, then by var's symbol column), else
+  // the name itself.
+  std::vector<std::vector<std::string>> canon(opts.sources.size());
+  for (size_t s = 0; s < opts.sources.size(); ++s) {
+    SourceInfo& si = c.sources[s];
+    int64_t via_symbol = 0;
+    for (size_t j = 0; j < names[s].size(); ++j) {
+      const std::string& name = names[s][j];
       std::optional<std::string> cn = table ? table->canonical(name) : std::nullopt;
+      if (!cn && table && !symbols[s].empty() && !symbols[s][j].empty()) {
+        cn = table->canonical(symbols[s][j]);
+        via_symbol += cn.has_value();
+      }
       bool known = cn.has_value();
       std::string token = known ? *cn : strip_ensembl_version(name);
       if (fixed_vocab) {
@@ -117,9 +154,9 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
       else si.genes_unmapped.push_back(name);
       canon[s].push_back(token);
     }
-    c.sources.push_back(std::move(si));
+    if (via_symbol)
+      log::info(str(si.path, ": ", via_symbol, " genes not in the table by name matched by var/", symbol_column[s]));
   }
-  c.n_cells = next_cell;
 
   // 2. The vocabulary: sorted canonical names of all sources (unless given).
   if (!fixed_vocab) {
@@ -158,15 +195,20 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
                                    " is in the vocabulary ", opts.vocab_file));
   }
 
-  // 3. One pass over the cells: normalised values per gene (for medians), token counts.
-  std::vector<std::vector<double>> expressed(c.vocab.size());
-  auto rows = opts.keep_rows ? std::make_shared<std::vector<io::CellRows>>() : nullptr;
+  // 3. One pass over the cells: map and sum each cell's genes (kept for the medians and,
+  //    with keep_rows, for a loader in this process).
+  auto g = std::make_shared<GatheredCells>();
+  int64_t nnz_hint = 0;
+  for (const auto& om : opened) nnz_hint += om.matrix.info().nnz.value_or(0);
+  g->tokens.reserve(nnz_hint);
+  g->values.reserve(nnz_hint);
+  g->offsets.reserve(c.n_cells + 1);
+  g->totals.reserve(c.n_cells);
   Progress progress(opts.progress);
   int64_t done = 0;
   CellGenes cell;
   for (size_t s = 0; s < c.sources.size(); ++s) {
     SourceInfo& si = c.sources[s];
-    if (rows) rows->emplace_back().n_cols = si.n_genes;
     const bool dups = si.has_duplicates();
     for_each_chunk(opened[s].matrix, kChunkRows, [&](const io::CellRows& chunk, int64_t begin) {
       for (int64_t r = 0; r < chunk.n_rows(); ++r) {
@@ -177,18 +219,19 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
         } catch (const std::invalid_argument& e) {
           throw std::runtime_error(str(si.path, ": ", si.matrix, " cell ", begin + r, ": ", e.what()));
         }
+        g->totals.push_back(cell.total);
         if (cell.tokens.empty()) {
           ++si.cells_empty;
-          continue;
+        } else {
+          g->tokens.insert(g->tokens.end(), cell.tokens.begin(), cell.tokens.end());
+          g->values.insert(g->values.end(), cell.values.begin(), cell.values.end());
+          int64_t len = 1 + std::min<int64_t>(cell.tokens.size(), c.tokenize.max_len - 1);
+          c.stats.n_cells++;
+          c.stats.tokens_total += len;
+          c.stats.tokens_max = std::max(c.stats.tokens_max, len);
         }
-        for (size_t i = 0; i < cell.tokens.size(); ++i)
-          expressed[cell.tokens[i]].push_back(normalised(cell.values[i], cell.total, c.tokenize.target_sum));
-        int64_t len = 1 + std::min<int64_t>(cell.tokens.size(), c.tokenize.max_len - 1);
-        c.stats.n_cells++;
-        c.stats.tokens_total += len;
-        c.stats.tokens_max = std::max(c.stats.tokens_max, len);
+        g->offsets.push_back(static_cast<int64_t>(g->tokens.size()));
       }
-      if (rows) append_rows(rows->back(), chunk);
       done += chunk.n_rows();
       progress.tick("prepare", done, c.n_cells);
     });
@@ -198,12 +241,25 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
       log::warn(str(si.path, ": ", si.matrix, " has ", si.negative_values,
                     " negative values (treated as not expressed); is it scaled? counts are usually in X, raw/X or a layer"));
   }
+  opened.clear();
   if (c.stats.n_cells == 0) throw std::runtime_error("prepare: no cell has an expressed gene in the vocabulary");
   c.stats.tokens_mean = static_cast<double>(c.stats.tokens_total) / c.stats.n_cells;
 
-  c.gene_medians.assign(c.vocab.size(), 0.0);
-  for (int32_t t = kNumSpecial; t < c.vocab.size(); ++t) c.gene_medians[t] = median_of(expressed[t]);
-  c.rows = rows;
+  // 4. Gene medians: normalised values grouped by token (counting sort), median of each group.
+  {
+    const int32_t V = c.vocab.size();
+    std::vector<int64_t> start(V + 1, 0);
+    for (int32_t t : g->tokens) ++start[t + 1];
+    for (int32_t t = 0; t < V; ++t) start[t + 1] += start[t];
+    std::vector<double> grouped(g->tokens.size());
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t i = 0; i < c.n_cells; ++i)
+      for (int64_t k = g->offsets[i]; k < g->offsets[i + 1]; ++k)
+        grouped[fill[g->tokens[k]]++] = normalised(g->values[k], g->totals[i], c.tokenize.target_sum);
+    c.gene_medians.assign(V, 0.0);
+    for (int32_t t = kNumSpecial; t < V; ++t) c.gene_medians[t] = median_of(grouped.data() + start[t], start[t + 1] - start[t]);
+  }
+  if (opts.keep_rows) c.gathered = g;
   log::info(str("prepared ", c.stats.n_cells, " cells, ", c.vocab.n_genes(), " genes in ", progress.seconds(), " s (",
                 static_cast<int64_t>(c.n_cells / std::max(progress.seconds(), 1e-9)), " cells/s); tokens/cell mean ",
                 c.stats.tokens_mean, ", max ", c.stats.tokens_max));
@@ -385,6 +441,18 @@ PreparedCorpus load_corpus(const std::string& dir) {
 std::vector<TokenizedCell> tokenize_cells(const PreparedCorpus& c, const std::vector<int64_t>& cell_ids) {
   std::vector<TokenizedCell> out(cell_ids.size());
   CellGenes cell;
+  if (c.gathered) {
+    const GatheredCells& g = *c.gathered;
+    for (size_t i = 0; i < cell_ids.size(); ++i) {
+      c.locate(cell_ids[i]);  // range check
+      const int64_t a = g.offsets[cell_ids[i]], b = g.offsets[cell_ids[i] + 1];
+      cell.tokens.assign(g.tokens.begin() + a, g.tokens.begin() + b);
+      cell.values.assign(g.values.begin() + a, g.values.begin() + b);
+      cell.total = g.totals[cell_ids[i]];
+      if (!cell.tokens.empty()) tokenize_cell(cell, c.gene_medians, c.tokenize, out[i]);
+    }
+    return out;
+  }
   for (int s = 0; s < static_cast<int>(c.sources.size()); ++s) {
     const SourceInfo& si = c.sources[s];
     std::vector<size_t> which;   // positions in cell_ids that are in this source

@@ -31,8 +31,8 @@ struct PrepareOptions {
   TokenizeConfig tokenize;
   std::string gene_table;   // human_genes.tsv; "" = match names exactly, no table
   std::string vocab_file;   // vocab.tsv to use; "" = build the vocabulary from the data
-  bool keep_rows = false;   // keep the decoded matrices in memory (a Loader in this process
-                            // then tokenizes without reading the files again)
+  bool keep_rows = false;   // keep the cells in memory, mapped (PreparedCorpus::gathered): a
+                            // Loader in this process then tokenizes without reading the files
   int threads = 2;
   bool progress = true;     // log lines with cells/s
 };
@@ -54,6 +54,15 @@ struct SourceInfo {
   bool has_duplicates() const { return duplicate_columns > 0; }
 };
 
+// Cells after gene mapping, by global cell id: cell i's tokens (unique) and summed positive
+// values are [offsets[i], offsets[i+1]); totals[i] = sum of its positive values (all columns).
+struct GatheredCells {
+  std::vector<int64_t> offsets{0};
+  std::vector<int32_t> tokens;
+  std::vector<float> values;
+  std::vector<double> totals;
+};
+
 // Per-cell token counts (CLS + genes, after truncation), for the summary.
 struct TokenStats {
   int64_t n_cells = 0;   // cells kept (not empty)
@@ -70,7 +79,9 @@ struct PreparedCorpus {
   std::vector<SourceInfo> sources;
   int64_t n_cells = 0;               // all rows of all sources (global ids 0..n_cells-1)
   TokenStats stats;
-  // Decoded matrices, one per source, when PrepareOptions::keep_rows (else null).
+  // The mapped cells, when PrepareOptions::keep_rows (else null).
+  std::shared_ptr<const GatheredCells> gathered;
+  // Or raw matrices, one per source (hand-made corpora in tests); else the files are read.
   std::shared_ptr<const std::vector<io::CellRows>> rows;
 
   // Which source and row a global cell id is.

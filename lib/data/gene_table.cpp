@@ -4,14 +4,15 @@
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
+#include <unordered_set>
 
 #include "util/log.h"
 
 namespace sctrain::data {
 
 namespace {
-std::vector<std::string_view> split(std::string_view s, char sep) {
-  std::vector<std::string_view> out;
+void split_into(std::string_view s, char sep, std::vector<std::string_view>& out) {
+  out.clear();
   size_t start = 0;
   for (;;) {
     size_t p = s.find(sep, start);
@@ -19,7 +20,6 @@ std::vector<std::string_view> split(std::string_view s, char sep) {
     if (p == std::string_view::npos) break;
     start = p + 1;
   }
-  return out;
 }
 bool is_ensembl(std::string_view s) { return s.size() > 4 && s.substr(0, 3) == "ENS"; }
 }  // namespace
@@ -36,16 +36,27 @@ std::string strip_ensembl_version(std::string_view name) {
   return std::string(name);
 }
 
-GeneTable GeneTable::load(const std::string& path) {
+GeneTable GeneTable::load(const std::string& path, const std::vector<std::string>* only) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(str(path, ": cannot open the gene table"));
   GeneTable t;
   t.text_.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   if (t.text_.size() < 64) t.text_.reserve(64);  // keep it on the heap: views survive moves
-  t.by_symbol_.reserve(100000);
-  t.by_alias_.reserve(200000);
-  t.by_ensembl_.reserve(60000);
+  std::vector<std::string> wanted_names;     // keys worth indexing (all when `only` is null)
+  std::unordered_set<std::string_view> wanted;
+  if (only) {
+    wanted_names.reserve(only->size());
+    for (const auto& n : *only) wanted_names.push_back(strip_ensembl_version(n));
+    wanted.insert(wanted_names.begin(), wanted_names.end());
+  }
+  auto want = [&](std::string_view k) { return !only || wanted.count(k) > 0; };
+  if (!only) {
+    t.by_symbol_.reserve(100000);
+    t.by_alias_.reserve(200000);
+    t.by_ensembl_.reserve(60000);
+  }
   std::string_view all(t.text_);
+  std::vector<std::string_view> parts;
   int64_t lineno = 0;
   int col_symbol = -1, col_ensembl = -1, col_aliases = -1, need = 0;
   std::vector<std::string_view> f;
@@ -62,7 +73,7 @@ GeneTable GeneTable::load(const std::string& path) {
     pos = end + 1;
     ++lineno;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    f = split(line, '\t');
+    split_into(line, '\t', f);
     if (lineno == 1) {
       for (int i = 0; i < static_cast<int>(f.size()); ++i) {
         if (f[i] == "symbol") col_symbol = i;
@@ -80,18 +91,21 @@ GeneTable GeneTable::load(const std::string& path) {
     const int gene = static_cast<int>(t.canonical_.size());
     std::string_view symbol = f[col_symbol], first_ensembl;
     if (!f[col_ensembl].empty()) {
-      for (auto e : split(f[col_ensembl], '|')) {
+      split_into(f[col_ensembl], '|', parts);
+      for (auto e : parts) {
         if (e.empty()) continue;
         std::string_view id = stripped(e);
         if (first_ensembl.empty()) first_ensembl = id;
-        t.by_ensembl_.emplace(id, gene);  // first gene in table order wins
+        if (want(id)) t.by_ensembl_.emplace(id, gene);  // first gene in table order wins
       }
     }
     t.canonical_.push_back(first_ensembl.empty() ? symbol : first_ensembl);
-    if (!symbol.empty()) t.by_symbol_.emplace(symbol, gene);
-    if (col_aliases >= 0 && !f[col_aliases].empty())
-      for (auto a : split(f[col_aliases], '|'))
-        if (!a.empty()) t.by_alias_.emplace(a, gene);
+    if (!symbol.empty() && want(symbol)) t.by_symbol_.emplace(symbol, gene);
+    if (col_aliases >= 0 && !f[col_aliases].empty()) {
+      split_into(f[col_aliases], '|', parts);
+      for (auto a : parts)
+        if (!a.empty() && want(a)) t.by_alias_.emplace(a, gene);
+    }
   }
   if (t.canonical_.empty()) throw std::runtime_error(str(path, ": the gene table has no genes"));
   return t;

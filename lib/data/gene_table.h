@@ -17,7 +17,8 @@ namespace sctrain::data {
 class GeneTable {
  public:
   // Throws std::runtime_error naming the file and line on a malformed table.
-  static GeneTable load(const std::string& path);
+  // With `only`, indexes just these names (faster; other names are then unknown).
+  static GeneTable load(const std::string& path, const std::vector<std::string>* only = nullptr);
   // Moves only: keys are views into text_, whose heap buffer a move keeps.
   GeneTable() = default;
   GeneTable(GeneTable&&) = default;

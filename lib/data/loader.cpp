@@ -90,6 +90,14 @@ struct CellStore {
     bins.insert(bins.end(), t.bins.begin(), t.bins.end());
     offsets.push_back(static_cast<int64_t>(genes.size()));
   }
+  void append(const CellStore& o) {
+    const int64_t base = static_cast<int64_t>(genes.size());
+    cell_id.insert(cell_id.end(), o.cell_id.begin(), o.cell_id.end());
+    source.insert(source.end(), o.source.begin(), o.source.end());
+    genes.insert(genes.end(), o.genes.begin(), o.genes.end());
+    bins.insert(bins.end(), o.bins.begin(), o.bins.end());
+    for (size_t i = 1; i < o.offsets.size(); ++i) offsets.push_back(base + o.offsets[i]);
+  }
 };
 
 // An epoch's batches: batch b holds cells[starts[b]..starts[b+1]) (indices into the store).
@@ -303,7 +311,43 @@ void Loader::Impl::tokenize_all(const PreparedCorpus& corpus) {
   CellGenes cell;
   TokenizedCell tc;
   auto chrono_start = std::chrono::steady_clock::now();
-  for (size_t s = 0; s < corpus.sources.size(); ++s) {
+  if (corpus.gathered) {
+    // Cells already mapped: tokenize ranges of cells on several threads, join in order.
+    const GatheredCells& g = *corpus.gathered;
+    const int T = std::max(1, std::min<int>(cfg.threads, 16));
+    std::vector<CellStore> part_train(T), part_val(T);
+    std::vector<std::exception_ptr> errors(T);
+    auto work = [&](int p) {
+      try {
+        CellGenes cg;
+        TokenizedCell tk;
+        const int64_t lo = n * p / T, hi = n * (p + 1) / T;
+        int src = 0;
+        for (int64_t id = lo; id < hi; ++id) {
+          if (!role[id] || g.offsets[id + 1] == g.offsets[id]) continue;
+          while (id >= corpus.sources[src].first_cell + corpus.sources[src].n_cells) ++src;
+          cg.tokens.assign(g.tokens.begin() + g.offsets[id], g.tokens.begin() + g.offsets[id + 1]);
+          cg.values.assign(g.values.begin() + g.offsets[id], g.values.begin() + g.offsets[id + 1]);
+          cg.total = g.totals[id];
+          tokenize_cell(cg, corpus.gene_medians, tok, tk);
+          (role[id] == 1 ? part_train[p] : part_val[p]).add(id, src, tk);
+        }
+      } catch (...) {
+        errors[p] = std::current_exception();
+      }
+    };
+    std::vector<std::thread> pool;
+    for (int p = 1; p < T; ++p) pool.emplace_back(work, p);
+    work(0);
+    for (auto& t : pool) t.join();
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
+    for (int p = 0; p < T; ++p) {
+      train.append(part_train[p]);
+      val.append(part_val[p]);
+    }
+  }
+  for (size_t s = 0; !corpus.gathered && s < corpus.sources.size(); ++s) {
     const SourceInfo& si = corpus.sources[s];
     auto process = [&](const io::CellRows& rows, int64_t begin) {
       for (int64_t r = 0; r < rows.n_rows(); ++r) {
