@@ -102,7 +102,10 @@ class SigmoidAttentionFn : public torch::autograd::Function<SigmoidAttentionFn> 
     p.dq_accum = dq.data_ptr<float>();
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();
-    cuda::backward_sm80(p, at::cuda::getCurrentCUDAStream());
+    if (use_hopper_path())
+      cuda::backward_sm90(p, at::cuda::getCurrentCUDAStream());
+    else
+      cuda::backward_sm80(p, at::cuda::getCurrentCUDAStream());
     return {dq.to(q.scalar_type()), dk, dv, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };

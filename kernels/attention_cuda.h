@@ -37,5 +37,6 @@ int device_sm();
 void forward_sm80(const AttnParams& p, cudaStream_t stream);
 void forward_sm90(const AttnParams& p, cudaStream_t stream);  // Hopper (sm_90a) only
 void backward_sm80(const AttnParams& p, cudaStream_t stream);
+void backward_sm90(const AttnParams& p, cudaStream_t stream);  // Hopper (sm_90a) only
 
 }  // namespace sctrain::kernels::cuda

@@ -1,0 +1,198 @@
+// Backward sigmoid attention, Hopper path (sm_90a): wgmma, operands in shared memory (cp.async,
+// double-buffered). One block = 2 warpgroups x 64 keys of one (batch, head); query steps of 64.
+// Warpgroup w, its keys Kw (64 rows), per step (transposed, keys x queries):
+//   S^T = Kw Q^T, dP^T = Vw dO^T          wgmma m64n64, A and B K-major in shared memory
+//   P^T, dS^T = scale * dP^T P^T (1-P^T)  registers; dS^T also to shared memory
+//   dVw += P^T dO, dKw += dS^T Q          wgmma m64nD, A from registers, B MN-major
+//   dQ += dS Kw                           wgmma m64n64 per 64 columns, A = dS^T and B = Kw MN-major;
+//                                         added to the fp32 dQ with vector atomics (each warpgroup its part)
+#include "kernels/attention_cuda.h"
+#include "kernels/sm90_common.cuh"
+
+#include <stdexcept>
+#include <string>
+
+namespace sctrain::kernels::cuda {
+namespace sm90 {
+namespace {
+
+constexpr int BC = 128, BR = 64, NT = 256;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p) {
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  T* sK = reinterpret_cast<T*>(smem);
+  T* sV = sK + BC * D;
+  T* sQ = sV + BC * D;        // 2 stages
+  T* sdO = sQ + 2 * BR * D;   // 2 stages
+  T* sdS = sdO + 2 * BR * D;  // [BC keys][64 queries]
+
+  const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, wi = (tid % 128) / 32;
+  const int g = lane / 4, t = lane % 4;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int k0 = blockIdx.x * BC;
+  const int len = clamp_len(p.lengths, b, p.N);
+  const int64_t o_row = static_cast<int64_t>(p.H) * D;
+  const int64_t off = static_cast<int64_t>(b) * p.N * o_row + static_cast<int64_t>(h) * D;
+  T* dk = static_cast<T*>(p.dk) + off;
+  T* dv = static_cast<T*>(p.dv) + off;
+  float* dq = p.dq_accum + off;
+  const int krow = wg * 64 + wi * 16 + g;  // this thread's key rows in the block: krow, krow + 8
+  const int kr0 = k0 + krow, kr1 = kr0 + 8;
+
+  float dka[D / 2], dva[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dka[i] = dva[i] = 0.f;
+
+  if (k0 < len) {
+    const T* q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[2];
+    const T* k = static_cast<const T*>(p.k) + b * p.k_stride[0] + h * p.k_stride[2];
+    const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + h * p.v_stride[2];
+    const T* dout = static_cast<const T*>(p.dout) + b * p.do_stride[0] + h * p.do_stride[2];
+    const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(len));
+    const float hs = 0.5f * p.scale, hb = 0.5f * bias;
+    const int nqb = (len + BR - 1) / BR;
+    const bool m0 = kr0 < len, m1 = kr1 < len;
+
+    load_tile<BC, D, NT>(sK, k + k0 * p.k_stride[1], p.k_stride[1], len - k0, tid);
+    load_tile<BC, D, NT>(sV, v + k0 * p.v_stride[1], p.v_stride[1], len - k0, tid);
+    load_tile<BR, D, NT>(sQ, q, p.q_stride[1], len, tid);
+    load_tile<BR, D, NT>(sdO, dout, p.do_stride[1], len, tid);
+    cp_async_commit();
+    const T* sKw = sK + wg * 64 * 64;  // this warpgroup's 64 keys (in each column half)
+    const T* sVw = sV + wg * 64 * 64;
+
+    for (int i = 0; i < nqb; ++i) {
+      const int st = i & 1;
+      if (i + 1 < nqb) {
+        const int qn = (i + 1) * BR;
+        load_tile<BR, D, NT>(sQ + (st ^ 1) * BR * D, q + qn * p.q_stride[1], p.q_stride[1], len - qn, tid);
+        load_tile<BR, D, NT>(sdO + (st ^ 1) * BR * D, dout + qn * p.do_stride[1], p.do_stride[1], len - qn,
+                             tid);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      fence_proxy_async();
+      __syncthreads();
+      const T* cQ = sQ + st * BR * D;
+      const T* cdO = sdO + st * BR * D;
+
+      float s[32], dp[32];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const int half = kk / 4, koff = (kk % 4) * 16;
+        mma_ss<T, 64>(s, desc(sKw + half * BC * 64 + koff, 16, 1024), desc(cQ + half * BR * 64 + koff, 16, 1024),
+                      kk > 0);
+      }
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const int half = kk / 4, koff = (kk % 4) * 16;
+        mma_ss<T, 64>(dp, desc(sVw + half * BC * 64 + koff, 16, 1024),
+                      desc(cdO + half * BR * 64 + koff, 16, 1024), kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+
+      uint32_t pf[4][4], dsf[4][4];
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        float pv[4], dsv[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float pe = sigmoid_half_arg(fmaf(s[4 * n + e], hs, hb));
+          if (!(e < 2 ? m0 : m1)) pe = 0.f;
+          pv[e] = pe;
+          dsv[e] = p.scale * dp[4 * n + e] * pe * (1.f - pe);
+        }
+        pf[n / 2][(n & 1) * 2 + 0] = Traits<T>::pack(pv[0], pv[1]);
+        pf[n / 2][(n & 1) * 2 + 1] = Traits<T>::pack(pv[2], pv[3]);
+        dsf[n / 2][(n & 1) * 2 + 0] = Traits<T>::pack(dsv[0], dsv[1]);
+        dsf[n / 2][(n & 1) * 2 + 1] = Traits<T>::pack(dsv[2], dsv[3]);
+        const int c = n * 8 + 2 * t;
+        *reinterpret_cast<uint32_t*>(sdS + tile_off<BC>(krow, c)) = dsf[n / 2][(n & 1) * 2 + 0];
+        *reinterpret_cast<uint32_t*>(sdS + tile_off<BC>(krow + 8, c)) = dsf[n / 2][(n & 1) * 2 + 1];
+      }
+
+      // dV += P^T dO, dK += dS^T Q: k = 16 queries per step (2048 bytes), N = D across column halves.
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dva, pf[kk], desc(cdO + kk * 16 * 64, BR * 128, 1024));
+#pragma unroll
+      for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dka, dsf[kk], desc(cQ + kk * 16 * 64, BR * 128, 1024));
+      wgmma_commit();
+
+      // dQ (64 queries x D) += dS Kw: A = dS^T rows of this warpgroup (MN-major), B = Kw (MN-major).
+      fence_proxy_async();  // sdS written by ordinary stores, read by the tensor cores
+      asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // this warpgroup's dS^T rows are complete
+      const T* sdSw = sdS + wg * 64 * 64;
+#pragma unroll
+      for (int half = 0; half < D / 64; ++half) {
+        float dqa[32];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          mma_ss_tt64<T>(dqa, desc(sdSw + kk * 16 * 64, 8192, 1024), desc(sKw + half * BC * 64 + kk * 16 * 64, 8192, 1024),
+                         kk > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        const int qa = i * BR + wi * 16 + g, qb = qa + 8;
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const int c = half * 64 + n * 8 + 2 * t;
+          if (qa < len) sm80::atomic_add2(dq + qa * o_row + c, dqa[4 * n], dqa[4 * n + 1]);
+          if (qb < len) sm80::atomic_add2(dq + qb * o_row + c, dqa[4 * n + 2], dqa[4 * n + 3]);
+        }
+      }
+      wgmma_wait<0>();
+      __syncthreads();  // stage and sdS free for the next step
+    }
+  }
+
+  const bool v0 = kr0 < len, v1 = kr1 < len;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int c = n * 8 + 2 * t;
+    if (kr0 < p.N) {
+      *reinterpret_cast<uint32_t*>(dk + kr0 * o_row + c) = v0 ? Traits<T>::pack(dka[4 * n], dka[4 * n + 1]) : 0u;
+      *reinterpret_cast<uint32_t*>(dv + kr0 * o_row + c) = v0 ? Traits<T>::pack(dva[4 * n], dva[4 * n + 1]) : 0u;
+    }
+    if (kr1 < p.N) {
+      *reinterpret_cast<uint32_t*>(dk + kr1 * o_row + c) =
+          v1 ? Traits<T>::pack(dka[4 * n + 2], dka[4 * n + 3]) : 0u;
+      *reinterpret_cast<uint32_t*>(dv + kr1 * o_row + c) =
+          v1 ? Traits<T>::pack(dva[4 * n + 2], dva[4 * n + 3]) : 0u;
+    }
+  }
+}
+
+template <typename T, int D>
+void launch(const AttnParams& p, cudaStream_t stream) {
+  const size_t smem = static_cast<size_t>(2 * BC * D + 4 * BR * D + BC * BR) * sizeof(T) + 1024;
+  auto kernel = bwd_kernel<T, D>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  dim3 grid((p.N + BC - 1) / BC, p.H, p.B);
+  kernel<<<grid, NT, smem, stream>>>(p);
+}
+
+}  // namespace
+}  // namespace sm90
+
+void backward_sm90(const AttnParams& p, cudaStream_t stream) {
+  if (p.B == 0 || p.N == 0 || p.H == 0) return;
+  const bool bf = p.dtype == DType::BF16;
+  if (p.D == 64)
+    bf ? sm90::launch<__nv_bfloat16, 64>(p, stream) : sm90::launch<__half, 64>(p, stream);
+  else if (p.D == 128)
+    bf ? sm90::launch<__nv_bfloat16, 128>(p, stream) : sm90::launch<__half, 128>(p, stream);
+  else
+    throw std::invalid_argument("sigmoid attention kernel: head dim must be 64 or 128");
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("sigmoid attention backward (sm90) launch: ") + cudaGetErrorString(err));
+}
+
+}  // namespace sctrain::kernels::cuda

@@ -1,0 +1,75 @@
+// Helpers of the Hopper (sm_90a) kernels: swizzled tiles, wgmma descriptors and wrappers.
+// Shared tile layout: column halves of 64 elements, each [rows][64] with 16-byte chunks
+// XOR-swizzled by (row & 7): the canonical 128-byte-swizzle layout of wgmma (tiles 1024-byte aligned).
+#pragma once
+#include <type_traits>
+
+#include "kernels/sm80_common.cuh"
+#include "kernels/sm90_wgmma.cuh"
+
+namespace sctrain::kernels::cuda::sm90 {
+
+using sm80::clamp_len;
+using sm80::cp_async16;
+using sm80::cp_async_commit;
+using sm80::cp_async_wait;
+using sm80::sigmoid_half_arg;
+using sm80::smem_addr;
+using sm80::Traits;
+
+// Element offset of (row, col) in a ROWS x D tile stored as D/64 swizzled column halves.
+template <int ROWS>
+__device__ __forceinline__ int tile_off(int row, int col) {
+  return (col >> 6) * ROWS * 64 + row * 64 + ((((col >> 3) & 7) ^ (row & 7)) << 3) + (col & 7);
+}
+
+template <int ROWS, int D, int NT, typename T>
+__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t row_stride, int valid, int tid) {
+  constexpr int CH = D / 8;
+  static_assert((ROWS * CH) % NT == 0, "tile chunks must divide among threads");
+#pragma unroll
+  for (int i = 0; i < ROWS * CH / NT; ++i) {
+    const int idx = tid + i * NT;
+    const int r = idx / CH, c = (idx % CH) * 8;
+    const bool ok = r < valid;
+    cp_async16(smem_addr(s + tile_off<ROWS>(r, c)), ok ? g + r * row_stride + c : g, ok ? 16 : 0);
+  }
+}
+
+// Shared-memory matrix descriptor, 128-byte swizzle.
+__device__ __forceinline__ uint64_t desc(const void* p, uint32_t lbo_bytes, uint32_t sbo_bytes) {
+  const uint32_t a = smem_addr(p);
+  return static_cast<uint64_t>((a & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo_bytes >> 4) << 16) |
+         (static_cast<uint64_t>(sbo_bytes >> 4) << 32) | (1ull << 62);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void mma_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int scale_d) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if constexpr (N == 64) wgmma_ss_bf16_n64(d, da, db, scale_d);
+    else wgmma_ss_bf16_n128(d, da, db, scale_d);
+  } else {
+    if constexpr (N == 64) wgmma_ss_f16_n64(d, da, db, scale_d);
+    else wgmma_ss_f16_n128(d, da, db, scale_d);
+  }
+}
+template <typename T, int N>
+__device__ __forceinline__ void mma_rs_tb(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if constexpr (N == 64) wgmma_rs_bf16_n64_tb(d, a, db);
+    else wgmma_rs_bf16_n128_tb(d, a, db);
+  } else {
+    if constexpr (N == 64) wgmma_rs_f16_n64_tb(d, a, db);
+    else wgmma_rs_f16_n128_tb(d, a, db);
+  }
+}
+
+
+// A and B transposed (MN-major), N = 64.
+template <typename T>
+__device__ __forceinline__ void mma_ss_tt64(float (&d)[32], uint64_t da, uint64_t db, int scale_d) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) wgmma_ss_bf16_n64_tt(d, da, db, scale_d);
+  else wgmma_ss_f16_n64_tt(d, da, db, scale_d);
+}
+
+}  // namespace sctrain::kernels::cuda::sm90
