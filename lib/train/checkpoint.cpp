@@ -1,6 +1,8 @@
 #include "train/checkpoint.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -49,6 +51,25 @@ std::optional<CheckpointRef> latest_checkpoint(const fs::path& dir) {
   return all.back();
 }
 
+void remove_tree(const fs::path& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return;
+  if (S_ISDIR(st.st_mode)) {
+    if (DIR* d = ::opendir(path.c_str())) {
+      std::vector<std::string> names;
+      while (dirent* e = ::readdir(d)) {
+        std::string n = e->d_name;
+        if (n != "." && n != "..") names.push_back(n);
+      }
+      ::closedir(d);
+      for (const auto& n : names) remove_tree(path / n);
+    }
+    if (::rmdir(path.c_str()) != 0) throw std::runtime_error(str("cannot remove ", path.string()));
+  } else if (::unlink(path.c_str()) != 0) {
+    throw std::runtime_error(str("cannot remove ", path.string()));
+  }
+}
+
 void fsync_path(const fs::path& path) {
   int fd = ::open(path.c_str(), O_RDONLY | (fs::is_directory(path) ? O_DIRECTORY : 0));
   if (fd < 0) throw std::runtime_error(str("cannot open ", path.string(), " to fsync"));
@@ -62,7 +83,7 @@ fs::path write_checkpoint(const fs::path& dir, int64_t step,
   fs::create_directories(dir);
   const fs::path final_dir = dir / checkpoint_name(step);
   const fs::path tmp = dir / (checkpoint_name(step) + ".tmp");
-  fs::remove_all(tmp);
+  remove_tree(tmp);
   fs::create_directories(tmp);
   write(tmp);
   for (const auto& e : fs::directory_iterator(tmp))
@@ -70,10 +91,10 @@ fs::path write_checkpoint(const fs::path& dir, int64_t step,
   fsync_path(tmp);
   if (fs::exists(final_dir)) {  // the same step saved again (e.g. a resumed run that stops at once)
     const fs::path old = dir / (checkpoint_name(step) + ".old.tmp");
-    fs::remove_all(old);
+    remove_tree(old);
     fs::rename(final_dir, old);
     fs::rename(tmp, final_dir);
-    fs::remove_all(old);
+    remove_tree(old);
   } else {
     fs::rename(tmp, final_dir);
   }
@@ -83,7 +104,7 @@ fs::path write_checkpoint(const fs::path& dir, int64_t step,
 
 void prune_checkpoints(const fs::path& dir, int64_t keep) {
   auto all = list_checkpoints(dir);
-  for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) fs::remove_all(all[i].dir);
+  for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) remove_tree(all[i].dir);
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return;
   std::vector<fs::path> stale;
@@ -91,7 +112,7 @@ void prune_checkpoints(const fs::path& dir, int64_t keep) {
     const std::string n = e.path().filename().string();
     if (n.size() > 4 && n.compare(n.size() - 4, 4, ".tmp") == 0) stale.push_back(e.path());
   }
-  for (const auto& p : stale) fs::remove_all(p);
+  for (const auto& p : stale) remove_tree(p);
 }
 
 void write_file_atomic(const fs::path& path, const std::string& content) {

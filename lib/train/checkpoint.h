@@ -37,5 +37,9 @@ void prune_checkpoints(const std::filesystem::path& dir, int64_t keep);
 void write_file_atomic(const std::filesystem::path& path, const std::string& content);
 std::string read_file(const std::filesystem::path& path);
 void fsync_path(const std::filesystem::path& path);  // a file or a directory
+// Removes a file or a directory tree (no error when absent). Use this, not
+// std::filesystem::remove_all: libtorch.so exports its own copy of that function, which
+// crashes (null call) in processes that link LibTorch.
+void remove_tree(const std::filesystem::path& path);
 
 }  // namespace sctrain::train

@@ -1,0 +1,291 @@
+// The trainer: config errors, the schedule, loss falling on real data, exact resume,
+// checkpoint pruning, NaN policies, SIGINT.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include "test_data.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/engine.h"
+#include "train/trainer.h"
+
+using namespace sctrain;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path temp_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("sctrain_test_train_" + std::to_string(::getpid())) / name;
+  train::remove_tree(p);
+  fs::create_directories(p);
+  return p;
+}
+
+std::string write(const fs::path& p, const std::string& text) {
+  std::ofstream(p) << text;
+  return p.string();
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// A tiny model on pbmc68k_reduced (700 cells x 765 genes), one thread: seconds per run.
+train::Config tiny_run(int64_t steps) {
+  train::Config c;
+  c.model.d_model = 32;
+  c.model.n_layers = 2;
+  c.model.n_heads = 2;
+  c.model.d_ff = 64;
+  c.model.max_len = 64;
+  c.data.files = {sctrain::testing::project_data("pbmc68k_reduced.h5ad")};
+  c.data.gene_table = "";
+  c.data.threads = 1;
+  c.train.max_steps = steps;
+  c.train.batch_size = 16;
+  c.train.lr = 3e-3;
+  c.train.min_lr = 3e-4;
+  c.train.warmup_steps = 3;
+  c.train.threads = 1;
+  c.train.device = "cpu";
+  c.train.val_every = 0;
+  c.train.checkpoint_every = 0;
+  return c;
+}
+
+struct Line {
+  int64_t step;
+  std::string loss;  // as written: exact comparison
+  double value;
+};
+std::vector<Line> loss_lines(const fs::path& metrics) {
+  std::vector<Line> out;
+  std::ifstream in(metrics);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto p = line.find("\"loss\":");
+    if (p == std::string::npos) continue;
+    auto e = line.find(',', p);
+    Line l;
+    l.step = std::stoll(line.substr(8, line.find(',') - 8));
+    l.loss = line.substr(p + 7, e - p - 7);
+    l.value = l.loss == "null" ? std::nan("") : std::stod(l.loss);
+    out.push_back(l);
+  }
+  return out;
+}
+
+train::PretrainOptions quiet(const fs::path& out, bool resume = false) {
+  train::PretrainOptions o;
+  o.out_dir = out.string();
+  o.resume = resume;
+  o.summary = false;
+  o.handle_signals = false;
+  return o;
+}
+
+}  // namespace
+
+// ---- Config ----------------------------------------------------------------------------
+
+TEST(Config, DefaultsFileAndOverrides) {
+  auto dir = temp_dir("cfg_ok");
+  auto path = write(dir / "a.yaml", "model:\n  d_model: 64\n  attention: sigmoid\n  sigmoid_bias: -2\n"
+                                    "train:\n  lr: 1e-4\n  max_grad_norm: 0\ndata:\n  files: [x.h5ad, y.h5ad]\n");
+  auto c = train::load_config(path);
+  EXPECT_EQ(c.model.d_model, 64);
+  EXPECT_EQ(c.model.attention, "sigmoid");
+  ASSERT_TRUE(c.model.sigmoid_bias.has_value());
+  EXPECT_DOUBLE_EQ(*c.model.sigmoid_bias, -2.0);
+  EXPECT_DOUBLE_EQ(c.train.lr, 1e-4);
+  EXPECT_EQ(c.data.files.size(), 2u);
+  EXPECT_EQ(c.model.n_layers, train::Config{}.model.n_layers);  // default kept
+  train::apply_override(c, "model.n_layers=4");
+  train::apply_override(c, "model.sigmoid_bias=null");
+  train::apply_override(c, "data.files=[z.h5ad]");
+  EXPECT_EQ(c.model.n_layers, 4);
+  EXPECT_FALSE(c.model.sigmoid_bias.has_value());
+  EXPECT_EQ(c.data.files, std::vector<std::string>{"z.h5ad"});
+  // The saved config reads back to the same configuration.
+  auto again = train::load_config(write(dir / "b.yaml", train::to_yaml(c)));
+  EXPECT_EQ(train::to_yaml(again), train::to_yaml(c));
+  for (const char* f : {"quickstart", "10m", "100m", "160m", "160m-8k-stress"}) {
+    auto cfg = train::load_config(std::string(SCTRAIN_SOURCE_DIR) + "/configs/" + f + ".yaml");
+    EXPECT_NO_THROW(train::validate(cfg)) << f;
+  }
+}
+
+TEST(Config, ErrorsNameTheKeyAndFile) {
+  auto dir = temp_dir("cfg_bad");
+  auto unknown = write(dir / "unknown.yaml", "model:\n  d_model: 64\n  n_layer: 4\n");
+  auto msg = error_of([&] { train::load_config(unknown); });
+  EXPECT_NE(msg.find("unknown key 'model.n_layer'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("unknown.yaml:3"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("n_layers"), std::string::npos) << msg;  // lists the known keys
+
+  auto section = write(dir / "section.yaml", "trian:\n  lr: 1\n");
+  msg = error_of([&] { train::load_config(section); });
+  EXPECT_NE(msg.find("unknown key 'trian'"), std::string::npos) << msg;
+
+  auto type = write(dir / "type.yaml", "train:\n  lr: fast\n  batch_size: 8\n");
+  msg = error_of([&] { train::load_config(type); });
+  EXPECT_NE(msg.find("key 'train.lr'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("expects a number"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'fast'"), std::string::npos) << msg;
+
+  auto itype = write(dir / "itype.yaml", "model:\n  n_layers: 2.5\n");
+  msg = error_of([&] { train::load_config(itype); });
+  EXPECT_NE(msg.find("key 'model.n_layers'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("expects an integer"), std::string::npos) << msg;
+
+  msg = error_of([&] { train::load_config((dir / "missing.yaml").string()); });
+  EXPECT_NE(msg.find("not found"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("missing.yaml"), std::string::npos) << msg;
+
+  train::Config c;
+  msg = error_of([&] { train::apply_override(c, "train.lrr=1"); });
+  EXPECT_NE(msg.find("unknown key 'train.lrr'"), std::string::npos) << msg;
+  msg = error_of([&] { train::apply_override(c, "train.grad_accum=many"); });
+  EXPECT_NE(msg.find("expects an integer"), std::string::npos) << msg;
+  c.model.attention = "linear";
+  msg = error_of([&] { train::validate(c); });
+  EXPECT_NE(msg.find("model.attention"), std::string::npos) << msg;
+
+  // A missing data file is named before any work starts.
+  train::Config run = tiny_run(1);
+  run.data.files = {(dir / "nope.h5ad").string()};
+  msg = error_of([&] { train::pretrain(run, quiet(dir / "run")); });
+  EXPECT_NE(msg.find("nope.h5ad"), std::string::npos) << msg;
+}
+
+TEST(Schedule, WarmupThenCosine) {
+  train::TrainConfig t;
+  t.lr = 1.0;
+  t.min_lr = 0.1;
+  t.warmup_steps = 4;
+  t.max_steps = 14;
+  EXPECT_DOUBLE_EQ(train::lr_at(t, 0), 0.25);
+  EXPECT_DOUBLE_EQ(train::lr_at(t, 3), 1.0);
+  EXPECT_DOUBLE_EQ(train::lr_at(t, 4), 1.0);
+  EXPECT_NEAR(train::lr_at(t, 9), 0.55, 1e-12);
+  EXPECT_NEAR(train::lr_at(t, 14), 0.1, 1e-12);
+  EXPECT_NEAR(train::lr_at(t, 20), 0.1, 1e-12);
+}
+
+// ---- Training on real data ----------------------------------------------------------------
+
+TEST(Pretrain, LossFallsOnRealData) {
+  auto dir = temp_dir("falls");
+  // PBMC 3k (2638 cells, 13.7k genes): a fast fall from ln(vocab) ~ 9.5 as the model learns.
+  auto cfg = tiny_run(40);
+  cfg.data.files = {sctrain::testing::project_data("pbmc3k_seurat.h5ad")};
+  cfg.train.val_every = 20;
+  ASSERT_EQ(train::pretrain(cfg, quiet(dir)), 0);
+  auto lines = loss_lines(dir / "metrics.jsonl");
+  ASSERT_EQ(lines.size(), 40u);
+  double first = 0, last = 0;
+  for (int i = 0; i < 5; ++i) {
+    first += lines[i].value / 5;
+    last += lines[lines.size() - 1 - i].value / 5;
+  }
+  EXPECT_LT(last, first - 0.5) << "first 5 steps " << first << ", last 5 " << last;
+  EXPECT_TRUE(fs::exists(dir / "config.yaml"));
+  EXPECT_TRUE(fs::exists(dir / "checkpoints" / "step_0000040" / "model.pt"));
+  // Validation lines at steps 0, 20, 40; the loss fell there too.
+  std::ifstream in(dir / "metrics.jsonl");
+  std::string line;
+  std::vector<double> val;
+  while (std::getline(in, line))
+    if (auto p = line.find("\"val_loss\":"); p != std::string::npos) val.push_back(std::stod(line.substr(p + 11)));
+  ASSERT_EQ(val.size(), 3u);
+  EXPECT_LT(val.back(), val.front());
+}
+
+TEST(Pretrain, ResumeGivesTheSameLosses) {
+  auto dir = temp_dir("resume");
+  auto cfg = tiny_run(12);
+  cfg.train.checkpoint_every = 3;
+  ASSERT_EQ(train::pretrain(cfg, quiet(dir / "straight")), 0);
+
+  auto half = cfg;
+  half.train.stop_at = 6;
+  ASSERT_EQ(train::pretrain(half, quiet(dir / "split")), 0);
+  EXPECT_EQ(train::latest_checkpoint(dir / "split" / "checkpoints")->step, 6);
+  // Without --resume an existing run is not overwritten.
+  EXPECT_NE(error_of([&] { train::pretrain(cfg, quiet(dir / "split")); }).find("--resume"), std::string::npos);
+  ASSERT_EQ(train::pretrain(cfg, quiet(dir / "split", /*resume=*/true)), 0);
+
+  auto a = loss_lines(dir / "straight" / "metrics.jsonl");
+  auto b = loss_lines(dir / "split" / "metrics.jsonl");
+  ASSERT_EQ(a.size(), 12u);
+  ASSERT_EQ(b.size(), 12u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].step, b[i].step);
+    EXPECT_EQ(a[i].loss, b[i].loss) << "step " << a[i].step;
+  }
+  // keep_checkpoints (2) newest are kept, nothing temporary is left.
+  auto cks = train::list_checkpoints(dir / "straight" / "checkpoints");
+  ASSERT_EQ(cks.size(), 2u);
+  EXPECT_EQ(cks[0].step, 9);
+  EXPECT_EQ(cks[1].step, 12);
+  for (const auto& e : fs::directory_iterator(dir / "straight" / "checkpoints"))
+    EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
+}
+
+TEST(Pretrain, NonFiniteLossPolicies) {
+  auto dir = temp_dir("nan");
+  auto cfg = tiny_run(6);
+  cfg.train.lr = 1e30;  // the first update blows the weights up: later losses are not finite
+  cfg.train.min_lr = 1e30;
+  cfg.train.warmup_steps = 0;
+  cfg.train.max_grad_norm = 0;
+  cfg.train.checkpoint_every = 1;
+  cfg.train.nan_policy = "stop";
+  EXPECT_EQ(train::pretrain(cfg, quiet(dir / "stop")), 3);
+  auto last = train::latest_checkpoint(dir / "stop" / "checkpoints");
+  ASSERT_TRUE(last.has_value());
+  auto lines = loss_lines(dir / "stop" / "metrics.jsonl");
+  ASSERT_FALSE(lines.empty());
+  EXPECT_LT(last->step, lines.back().step);  // the bad step was not checkpointed
+  EXPECT_LT(lines.size(), 6u);
+
+  cfg.train.nan_policy = "skip";
+  EXPECT_EQ(train::pretrain(cfg, quiet(dir / "skip")), 0);
+  std::ifstream in(dir / "skip" / "metrics.jsonl");
+  std::string line;
+  int skipped = 0;
+  while (std::getline(in, line)) skipped += line.find("\"skipped\":true") != std::string::npos;
+  EXPECT_GT(skipped, 0);
+}
+
+TEST(Pretrain, SigintSavesAndExits130) {
+  auto dir = temp_dir("sigint");
+  auto cfg = tiny_run(100000);
+  auto o = quiet(dir);
+  o.handle_signals = true;
+  auto fut = std::async(std::launch::async, [&] { return train::pretrain(cfg, o); });
+  // Wait for a few steps, then interrupt.
+  for (int i = 0; i < 600; ++i) {
+    if (loss_lines(dir / "metrics.jsonl").size() >= 3) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::raise(SIGINT);
+  ASSERT_EQ(fut.wait_for(std::chrono::seconds(60)), std::future_status::ready);
+  EXPECT_EQ(fut.get(), 130);
+  auto ck = train::latest_checkpoint(dir / "checkpoints");
+  ASSERT_TRUE(ck.has_value());
+  EXPECT_EQ(ck->step, loss_lines(dir / "metrics.jsonl").back().step);
+}
