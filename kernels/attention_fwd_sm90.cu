@@ -1,8 +1,9 @@
 // Forward sigmoid attention, Hopper path (sm_90a): wgmma with operands in shared memory.
-// One block = 2 warpgroups x 64 query rows of one (batch, head); key blocks of BC = 128.
+// One block = 2 warpgroups x 64 query rows of one (batch, head); key blocks of BC = 128 (d64) or 64 (d128).
 // S = Q K^T: wgmma m64n128k16, A and B from shared memory (K-major, 128-byte swizzle).
 // O += P V:  wgmma m64nDk16, A = P from registers, B = V from shared memory (MN-major).
-// Tiles are loaded with cp.async (zero-filled past the length), double-buffered.
+// Tiles are loaded with cp.async (zero-filled past the length) into a 3-stage ring, two blocks ahead;
+// S_{j+1} = Q K_{j+1}^T runs on the tensor cores while the sigmoid of block j is computed.
 // Shared tile layout: column halves of 64 elements, each [rows][64] with 16-byte chunks
 // XOR-swizzled by (row & 7): the canonical 128-byte-swizzle layout of wgmma.
 #include "kernels/attention_cuda.h"
@@ -18,16 +19,20 @@ namespace sm90 {
 namespace {
 
 
-constexpr int BC = 128, NWG = 2, BR = 64 * NWG, NT = 128 * NWG;
+constexpr int NWG = 2, BR = 64 * NWG, NT = 128 * NWG, STAGES = 3;
+// Keys per block: 128 at d64; 64 at d128, where two S tiles and O must fit in registers.
+template <int D>
+constexpr int kBC = D == 64 ? 128 : 64;
 
 template <typename T, int D>
 __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
+  constexpr int BC = kBC<D>;
   extern __shared__ unsigned char smem_raw[];
   // 1024-byte alignment for the swizzled tiles.
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   T* sQ = reinterpret_cast<T*>(smem);
-  T* sK = sQ + BR * D;      // 2 stages
-  T* sV = sK + 2 * BC * D;  // 2 stages
+  T* sK = sQ + BR * D;           // STAGES stages
+  T* sV = sK + STAGES * BC * D;  // STAGES stages
 
   const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, warp_in_wg = (tid % 128) / 32;
   const int g = lane / 4, t = lane % 4;
@@ -55,44 +60,55 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
   const float hs = 0.5f * p.scale, hb = 0.5f * bias;
   const int nkb = (len + BC - 1) / BC;
 
+  auto load_kv = [&](int blk) {
+    const int kn = blk * BC, st = blk % STAGES;
+    load_tile<BC, D, NT>(sK + st * BC * D, k + kn * p.k_stride[1], p.k_stride[1], len - kn, tid);
+    load_tile<BC, D, NT>(sV + st * BC * D, v + kn * p.v_stride[1], p.v_stride[1], len - kn, tid);
+  };
   load_tile<BR, D, NT>(sQ, q + q0 * p.q_stride[1], p.q_stride[1], len - q0, tid);
-  load_tile<BC, D, NT>(sK, k, p.k_stride[1], len, tid);
-  load_tile<BC, D, NT>(sV, v, p.v_stride[1], len, tid);
+  load_kv(0);
   cp_async_commit();
+  if (nkb > 1) {
+    load_kv(1);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  fence_proxy_async();  // cp.async writes -> tensor-core reads
+  __syncthreads();
 
+  // Zeroed by volatile asm so the compiler cannot sink it past the first wgmma (ptxas C7515).
   float acc[D / 2];
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) acc[i] = 0.f;
+  for (int i = 0; i < D / 2; ++i) asm volatile("mov.b32 %0, 0;\n" : "=f"(acc[i]));
   const T* sQw = sQ + wg * 64 * 64;  // this warpgroup's 64 rows (in each column half)
 
-  for (int j = 0; j < nkb; ++j) {
-    const int st = j & 1;
-    if (j + 1 < nkb) {
-      const int kn = (j + 1) * BC;
-      load_tile<BC, D, NT>(sK + (st ^ 1) * BC * D, k + kn * p.k_stride[1], p.k_stride[1], len - kn, tid);
-      load_tile<BC, D, NT>(sV + (st ^ 1) * BC * D, v + kn * p.v_stride[1], p.v_stride[1], len - kn, tid);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    fence_proxy_async();  // cp.async writes -> tensor-core reads
-    __syncthreads();
-    const T* cK = sK + st * BC * D;
-    const T* cV = sV + st * BC * D;
-
-    // S = Q K^T (64 x 128 per warpgroup)
-    float s[BC / 2];
+  // S = Q K^T (64 x 128 per warpgroup), issued asynchronously.
+  auto issue_s = [&](float(&s)[BC / 2], int blk) {
+    const T* cK = sK + (blk % STAGES) * BC * D;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int half = kk / 4, koff = (kk % 4) * 16;
-      const uint64_t da = desc(sQw + half * BR * 64 + koff, 16, 1024);
-      const uint64_t db = desc(cK + half * BC * 64 + koff, 16, 1024);
-      mma_ss<T, BC>(s, da, db, kk > 0);
+      mma_ss<T, BC>(s, desc(sQw + half * BR * 64 + koff, 16, 1024), desc(cK + half * BC * 64 + koff, 16, 1024),
+                    kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
+  };
+  // One key block: S_j is in s (issued), S_{j+1} goes to s_next while P_j is computed.
+  auto step = [&](int j, float(&s)[BC / 2], float(&s_next)[BC / 2]) {
+    wgmma_wait<0>();  // S_j and PV_{j-1} done
+    if (j + 1 < nkb) {
+      cp_async_wait<0>();  // block j+1 landed
+      fence_proxy_async();
+    }
+    __syncthreads();  // block j+1 visible; every warpgroup is done with block j-1's stage
+    if (j + 2 < nkb) {
+      load_kv(j + 2);
+      cp_async_commit();
+    }
+    if (j + 1 < nkb) issue_s(s_next, j + 1);
 
     const int kbase = j * BC;
     const bool partial = kbase + BC > len;
@@ -108,18 +124,21 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
       pf[n / 2][(n & 1) * 2 + 0] = Traits<T>::pack(pv[0], pv[1]);
       pf[n / 2][(n & 1) * 2 + 1] = Traits<T>::pack(pv[2], pv[3]);
     }
-
     // O += P V: k = 16 keys per step (2048 bytes of V), N = D across the column halves.
+    const T* cV = sV + (j % STAGES) * BC * D;
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) {
-      const uint64_t db = desc(cV + kk * 16 * 64, BC * 128, 1024);
-      mma_rs_tb<T, D>(acc, pf[kk], db);
-    }
+    for (int kk = 0; kk < BC / 16; ++kk) mma_rs_tb<T, D>(acc, pf[kk], desc(cV + kk * 16 * 64, BC * 128, 1024));
     wgmma_commit();
-    wgmma_wait<0>();
-    __syncthreads();
+  };
+
+  float sa[BC / 2], sb[BC / 2];
+  issue_s(sa, 0);
+  for (int j = 0; j < nkb; j += 2) {
+    step(j, sa, sb);
+    if (j + 1 < nkb) step(j + 1, sb, sa);
   }
+  wgmma_wait<0>();
 
   const bool v0 = r0 < len, v1 = r1 < len;
 #pragma unroll
@@ -135,7 +154,8 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
 
 template <typename T, int D>
 void launch(const AttnParams& p, cudaStream_t stream) {
-  const size_t smem = static_cast<size_t>(BR + 4 * BC) * D * sizeof(T) + 1024;
+  constexpr int BC = kBC<D>;
+  const size_t smem = static_cast<size_t>(BR + 2 * STAGES * BC) * D * sizeof(T) + 1024;
   auto kernel = fwd_kernel<T, D>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   dim3 grid((p.N + BR - 1) / BR, p.H, p.B);

@@ -50,9 +50,12 @@ kernels_test() {
 kernels_sanitize() {
   echo "== compute-sanitizer (small case)"
   local t; t=$(bin tests/kernels/test_attention)
-  for tool in memcheck racecheck synccheck; do
-    compute-sanitizer --tool $tool --error-exitcode 9 "$t" --gtest_filter='SigmoidAttentionGpu.Small*' \
-      >"$out/sanitize-$tool.log" 2>&1 && echo "$tool: clean" || { echo "$tool: FAILED"; tail -20 "$out/sanitize-$tool.log"; status=1; }
+  for path in default sm80; do  # the device's own path, then the portable one
+    for tool in memcheck racecheck synccheck; do
+      SCTRAIN_ATTENTION_PATH=$path compute-sanitizer --tool $tool --error-exitcode 9 "$t" \
+        --gtest_filter='SigmoidAttentionGpu.Small*' >"$out/sanitize-$path-$tool.log" 2>&1 \
+        && echo "$path $tool: clean" || { echo "$path $tool: FAILED"; tail -20 "$out/sanitize-$path-$tool.log"; status=1; }
+    done
   done
 }
 kernels_bench() {
