@@ -53,8 +53,9 @@ kernels_sanitize() {
   for path in default sm80; do  # the device's own path, then the portable one
     for tool in memcheck racecheck synccheck; do
       SCTRAIN_ATTENTION_PATH=$path compute-sanitizer --tool $tool --error-exitcode 9 "$t" \
-        --gtest_filter='SigmoidAttentionGpu.Small*' >"$out/sanitize-$path-$tool.log" 2>&1 \
-        && echo "$path $tool: clean" || { echo "$path $tool: FAILED"; tail -20 "$out/sanitize-$path-$tool.log"; status=1; }
+        --gtest_filter='SigmoidAttentionGpu.Small*' >"$out/sanitize.tmp" 2>&1 \
+        && echo "$path $tool: clean" || { echo "$path $tool: FAILED"; tail -20 "$out/sanitize.tmp"; status=1; }
+      { echo "== $path $tool"; cat "$out/sanitize.tmp"; } >>"$out/sanitize.log"; rm -f "$out/sanitize.tmp"
     done
   done
 }
