@@ -35,6 +35,14 @@ int main(int argc, char** argv) {
   for (auto& c : commands) {
     CLI::App* sub = cli.add_subcommand(c.name, c.summary);
     runners[sub] = c.setup(*sub);
+    // The list shows the description's first paragraph; the rest leads the subcommand's --help.
+    std::string desc = sub->get_description();
+    size_t cut = desc.find("\n\n");
+    if (cut != std::string::npos) {
+      std::string footer = sub->get_footer();
+      sub->description(desc.substr(0, cut));
+      sub->footer(desc.substr(cut + 2) + (footer.empty() ? "" : "\n\n" + footer));
+    }
   }
 
   try {
