@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Training throughput, ours vs the Hugging Face BERT peer, at the 160m size
+# (12 x 1024, 16 heads, FFN 4096, vocab 32000, bf16 autocast, AdamW), on one GPU:
+#   ours:  build/sctrain bench-train, softmax and sigmoid attention, 8 x 2048 and 2 x 8192
+#          (8K rows use configs/160m-8k-stress.yaml settings: no gradient clipping)
+#   peer:  scripts/bench_bert.py (BertForMaskedLM, attn_implementation="sdpa")
+# Prints a table with tokens/s, TFLOP/s, peak memory and ours/peer ratios; all JSON lines
+# go to $OUT/results.jsonl.
+#
+#   scripts/bench_train.sh                    # after scripts/setup.sh, on a GPU machine
+#   STEPS=20 SHAPES="8x2048" scripts/bench_train.sh
+# Environment: SCTRAIN_BUILD_DIR (build), PYTHON (.deps/venv/bin/python3), OUT
+# (runs/bench_train), STEPS (10), WARMUP (3), SHAPES ("8x2048 2x8192"), VOCAB (32000).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+build="${SCTRAIN_BUILD_DIR:-$root/build}"
+py="${PYTHON:-$root/.deps/venv/bin/python3}"
+[ -x "$py" ] || py=python3
+out="${OUT:-$root/runs/bench_train}"
+steps="${STEPS:-10}"
+warmup="${WARMUP:-3}"
+shapes="${SHAPES:-8x2048 2x8192}"
+vocab="${VOCAB:-32000}"
+mkdir -p "$out"
+results="$out/results.jsonl"
+: > "$results"
+
+if [ ! -x "$build/sctrain" ]; then
+  echo "bench_train.sh: $build/sctrain is missing: run scripts/setup.sh first" >&2
+  exit 1
+fi
+have_hf=1
+"$py" -c "import transformers" 2>/dev/null || {
+  have_hf=0
+  echo "bench_train.sh: transformers is not installed for $py (pip install transformers): BERT rows skipped" >&2
+}
+
+for shape in $shapes; do
+  b=${shape%x*}
+  l=${shape#*x}
+  # 8K tokens: the stress settings (no gradient clipping); shorter: configs/160m.yaml.
+  if [ "$l" -ge 8192 ]; then clip=0; else clip=1.0; fi
+  for attn in softmax sigmoid; do
+    echo "== sctrain 160m $attn ${b}x${l}" >&2
+    "$build/sctrain" bench-train --config configs/160m.yaml --batch-size "$b" --seq-len "$l" \
+      --steps "$steps" --warmup "$warmup" --vocab "$vocab" \
+      --set model.attention="$attn" --set train.max_grad_norm="$clip" --json "$results" ||
+      echo "   (failed: exit $?)" >&2
+  done
+  if [ "$have_hf" = 1 ]; then
+    echo "== hf-bert 160m sdpa ${b}x${l}" >&2
+    "$py" scripts/bench_bert.py --batch-size "$b" --seq-len "$l" --steps "$steps" --warmup "$warmup" \
+      --vocab "$vocab" --clip "$clip" --json "$results" || echo "   (failed: exit $?)" >&2
+  fi
+done
+
+"$py" - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+peer = {(r["batch_size"], r["seq_len"]): r for r in rows if r["impl"] == "hf-bert" and r["status"] == "ok"}
+print()
+print(f"{'impl':<9} {'attention':<14} {'shape':>8} {'params':>8} {'tokens/s':>10} {'TFLOP/s':>8} {'peak GiB':>9} {'ms/step':>8}  vs BERT (tok/s, mem)")
+for r in rows:
+    shape = f"{r['batch_size']}x{r['seq_len']}"
+    if r["status"] != "ok":
+        print(f"{r['impl']:<9} {r['attention']:<14} {shape:>8}  {r['status']}")
+        continue
+    mem = r.get("mem_peak_gib")
+    line = (f"{r['impl']:<9} {r['attention']:<14} {shape:>8} {r['params']/1e6:7.1f}M {r['tokens_per_s']:10.0f} "
+            f"{r['tflops']:8.1f} {(mem if mem is not None else float('nan')):9.2f} {r['step_ms']:8.1f}")
+    p = peer.get((r["batch_size"], r["seq_len"]))
+    if r["impl"] != "hf-bert" and p:
+        ratio_mem = (mem / p["mem_peak_gib"]) if mem and p.get("mem_peak_gib") else float("nan")
+        line += f"  {r['tokens_per_s']/p['tokens_per_s']:.2f}x, {ratio_mem:.2f}x"
+    print(line)
+PY
+echo "results: $results" >&2
