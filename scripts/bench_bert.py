@@ -113,7 +113,7 @@ def main():
     result = {
         "impl": "hf-bert",
         "status": status,
-        "attention": "softmax(sdpa)",
+        "attention": "softmax(" + str(model.config._attn_implementation) + ")",
         "n_layers": args.layers,
         "d_model": args.hidden,
         "params": params,

@@ -10,7 +10,10 @@
 #   scripts/bench_train.sh                    # after scripts/setup.sh, on a GPU machine
 #   STEPS=20 SHAPES="8x2048" scripts/bench_train.sh
 # Environment: SCTRAIN_BUILD_DIR (build), PYTHON (.deps/venv/bin/python3), OUT
-# (runs/bench_train), STEPS (10), WARMUP (3), SHAPES ("8x2048 2x8192"), VOCAB (32000).
+# (runs/bench_train), STEPS (10), WARMUP (3), SHAPES ("8x2048 2x8192"), VOCAB (32000),
+# CONFIG (configs/160m.yaml) and BERT_ARGS (a CPU smoke test at a tiny size:
+#   CONFIG=configs/quickstart.yaml BERT_ARGS="--layers 2 --hidden 128 --heads 4 --ffn 512" \
+#   SHAPES=2x128 STEPS=2 WARMUP=1 VOCAB=2000 scripts/bench_train.sh).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -22,6 +25,8 @@ steps="${STEPS:-10}"
 warmup="${WARMUP:-3}"
 shapes="${SHAPES:-8x2048 2x8192}"
 vocab="${VOCAB:-32000}"
+config="${CONFIG:-configs/160m.yaml}"
+bert_args="${BERT_ARGS:-}"   # e.g. "--layers 2 --hidden 128 --heads 4 --ffn 512" to match a small CONFIG
 mkdir -p "$out"
 results="$out/results.jsonl"
 : > "$results"
@@ -42,16 +47,16 @@ for shape in $shapes; do
   # 8K tokens: the stress settings (no gradient clipping); shorter: configs/160m.yaml.
   if [ "$l" -ge 8192 ]; then clip=0; else clip=1.0; fi
   for attn in softmax sigmoid; do
-    echo "== sctrain 160m $attn ${b}x${l}" >&2
-    "$build/sctrain" bench-train --config configs/160m.yaml --batch-size "$b" --seq-len "$l" \
+    echo "== sctrain $config $attn ${b}x${l}" >&2
+    "$build/sctrain" bench-train --config "$config" --batch-size "$b" --seq-len "$l" \
       --steps "$steps" --warmup "$warmup" --vocab "$vocab" \
       --set model.attention="$attn" --set train.max_grad_norm="$clip" --json "$results" ||
       echo "   (failed: exit $?)" >&2
   done
   if [ "$have_hf" = 1 ]; then
-    echo "== hf-bert 160m sdpa ${b}x${l}" >&2
+    echo "== hf-bert sdpa ${b}x${l}" >&2
     "$py" scripts/bench_bert.py --batch-size "$b" --seq-len "$l" --steps "$steps" --warmup "$warmup" \
-      --vocab "$vocab" --clip "$clip" --json "$results" || echo "   (failed: exit $?)" >&2
+      --vocab "$vocab" --clip "$clip" --json "$results" $bert_args || echo "   (failed: exit $?)" >&2
   fi
 done
 
