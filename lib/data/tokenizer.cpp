@@ -1,6 +1,7 @@
 #include "data/tokenizer.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <numeric>
 #include <stdexcept>
@@ -70,37 +71,75 @@ void expression_bins(std::span<const float> values, int32_t n_bins, std::vector<
   }
 }
 
+namespace {
+
+// A gene of a cell with its order key: ascending key = descending score. Scores are positive
+// finite doubles, whose bit patterns order like the values, so key = ~bits(score).
+struct Keyed {
+  uint64_t key;
+  int32_t token;
+  int32_t index;
+};
+
+// LSD radix sort by key, 8 bits a pass (passes where all keys share the byte are skipped),
+// then runs of equal keys put in token order. Same result as sorting by (key, token).
+void sort_keyed(std::vector<Keyed>& a, std::vector<Keyed>& tmp) {
+  const size_t n = a.size();
+  if (n < 64) {
+    std::sort(a.begin(), a.end(), [](const Keyed& x, const Keyed& y) {
+      return x.key < y.key || (x.key == y.key && x.token < y.token);
+    });
+    return;
+  }
+  uint32_t count[8][256] = {};
+  for (const Keyed& k : a)
+    for (int d = 0; d < 8; ++d) ++count[d][(k.key >> (8 * d)) & 255];
+  tmp.resize(n);
+  Keyed* src = a.data();
+  Keyed* dst = tmp.data();
+  for (int d = 0; d < 8; ++d) {
+    const uint32_t* c = count[d];
+    if (c[(src[0].key >> (8 * d)) & 255] == n) continue;  // one bucket: nothing moves
+    uint32_t start[256];
+    uint32_t sum = 0;
+    for (int b = 0; b < 256; ++b) start[b] = sum, sum += c[b];
+    for (size_t i = 0; i < n; ++i) dst[start[(src[i].key >> (8 * d)) & 255]++] = src[i];
+    std::swap(src, dst);
+  }
+  if (src != a.data()) std::copy(src, src + n, a.data());
+  for (size_t i = 0; i < n;) {  // equal scores: smaller token first
+    size_t j = i + 1;
+    while (j < n && a[j].key == a[i].key) ++j;
+    if (j - i > 1) std::sort(a.begin() + i, a.begin() + j, [](const Keyed& x, const Keyed& y) { return x.token < y.token; });
+    i = j;
+  }
+}
+
+}  // namespace
+
 void tokenize_cell(const CellGenes& cell, std::span<const double> medians, const TokenizeConfig& cfg,
                    TokenizedCell& out) {
-  struct Scored {
-    double score;
-    int32_t token;
-    int32_t index;
-  };
   const int64_t n = static_cast<int64_t>(cell.tokens.size());
   const int64_t keep = std::min<int64_t>(n, std::max<int32_t>(cfg.max_len - 1, 0));
-  thread_local std::vector<Scored> scored;
-  scored.resize(n);
+  thread_local std::vector<Keyed> keyed, tmp;
+  keyed.resize(n);
   for (int64_t i = 0; i < n; ++i) {
-    int32_t t = cell.tokens[i];
-    double m = medians[t] > 0 ? medians[t] : 1.0;
-    scored[i] = {normalised(cell.values[i], cell.total, cfg.target_sum) / m, t, static_cast<int32_t>(i)};
+    const int32_t t = cell.tokens[i];
+    const double m = medians[t] > 0 ? medians[t] : 1.0;
+    const double score = normalised(cell.values[i], cell.total, cfg.target_sum) / m;
+    uint64_t bits;
+    std::memcpy(&bits, &score, sizeof bits);
+    keyed[i] = {~bits, t, static_cast<int32_t>(i)};
   }
-  auto before = [](const Scored& a, const Scored& b) {
-    return a.score > b.score || (a.score == b.score && a.token < b.token);
-  };
-  if (keep < n)
-    std::partial_sort(scored.begin(), scored.begin() + keep, scored.end(), before);
-  else
-    std::sort(scored.begin(), scored.end(), before);
+  sort_keyed(keyed, tmp);
   out.genes.resize(keep);
-  for (int64_t i = 0; i < keep; ++i) out.genes[i] = scored[i].token;
+  for (int64_t i = 0; i < keep; ++i) out.genes[i] = keyed[i].token;
   out.bins.clear();
   if (cfg.mode == TokenMode::Binned) {
     thread_local std::vector<uint8_t> all_bins;
     expression_bins(cell.values, cfg.n_bins, all_bins);
     out.bins.resize(keep);
-    for (int64_t i = 0; i < keep; ++i) out.bins[i] = all_bins[scored[i].index];
+    for (int64_t i = 0; i < keep; ++i) out.bins[i] = all_bins[keyed[i].index];
   }
 }
 

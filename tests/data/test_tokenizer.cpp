@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <limits>
+#include <set>
 
 #include "data/tokenizer.h"
 
@@ -82,4 +83,35 @@ TEST(TokenMode, Parse) {
   EXPECT_EQ(parse_mode("rank"), TokenMode::Rank);
   EXPECT_EQ(parse_mode("binned"), TokenMode::Binned);
   EXPECT_THROW(parse_mode("ranks"), std::invalid_argument);
+}
+
+// Cells of >= 64 genes take the radix-sort path: same order as a plain sort by
+// (score desc, token asc), ties included.
+TEST(TokenizeCell, LongCellsMatchAPlainSort) {
+  for (int trial = 0; trial < 20; ++trial) {
+    CellGenes c;
+    std::vector<double> med(3000, 0.0);
+    uint64_t x = 12345 + trial;
+    auto rnd = [&x] { x = x * 6364136223846793005ULL + 1442695040888963407ULL; return x >> 33; };
+    for (int32_t t = 5; t < 3000; ++t) med[t] = 0.5 + static_cast<double>(rnd() % 4);  // few distinct medians
+    std::set<int32_t> used;
+    while (used.size() < 300) used.insert(5 + static_cast<int32_t>(rnd() % 2995));
+    for (int32_t t : used) {
+      c.tokens.push_back(t);
+      c.values.push_back(static_cast<float>(1 + rnd() % 3));  // many equal values: many exact ties
+    }
+    std::reverse(c.tokens.begin(), c.tokens.end());  // input not in token order
+    c.total = 0;
+    for (float v : c.values) c.total += v;
+    std::vector<std::pair<double, int32_t>> ref;
+    for (size_t i = 0; i < c.tokens.size(); ++i)
+      ref.push_back({-(static_cast<double>(c.values[i]) * 1e4 / c.total / med[c.tokens[i]]), c.tokens[i]});
+    std::sort(ref.begin(), ref.end());
+    TokenizeConfig cfg;
+    cfg.max_len = 201;
+    TokenizedCell t;
+    tokenize_cell(c, med, cfg, t);
+    ASSERT_EQ(t.genes.size(), 200u);
+    for (size_t i = 0; i < 200; ++i) ASSERT_EQ(t.genes[i], ref[i].second) << "trial " << trial << " position " << i;
+  }
 }
