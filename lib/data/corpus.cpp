@@ -11,6 +11,7 @@
 #include <map>
 #include <set>
 #include <stdexcept>
+#include <thread>
 
 #include "data/gene_table.h"
 #include "data/source_reader.h"
@@ -257,7 +258,17 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
       for (int64_t k = g->offsets[i]; k < g->offsets[i + 1]; ++k)
         grouped[fill[g->tokens[k]]++] = normalised(g->values[k], g->totals[i], c.tokenize.target_sum);
     c.gene_medians.assign(V, 0.0);
-    for (int32_t t = kNumSpecial; t < V; ++t) c.gene_medians[t] = median_of(grouped.data() + start[t], start[t + 1] - start[t]);
+    // Tokens split between threads by equal shares of values.
+    const int T = std::max(1, std::min(opts.threads, 16));
+    auto medians_of = [&](int p) {
+      const int64_t lo = static_cast<int64_t>(grouped.size()) * p / T, hi = static_cast<int64_t>(grouped.size()) * (p + 1) / T;
+      for (int32_t t = kNumSpecial; t < V; ++t)
+        if (start[t] >= lo && start[t] < hi) c.gene_medians[t] = median_of(grouped.data() + start[t], start[t + 1] - start[t]);
+    };
+    std::vector<std::thread> pool;
+    for (int p = 1; p < T; ++p) pool.emplace_back(medians_of, p);
+    medians_of(0);
+    for (auto& th : pool) th.join();
   }
   if (opts.keep_rows) c.gathered = g;
   log::info(str("prepared ", c.stats.n_cells, " cells, ", c.vocab.n_genes(), " genes in ", progress.seconds(), " s (",
