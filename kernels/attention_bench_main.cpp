@@ -13,12 +13,16 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--fp16")) opts.fp16 = true;
     else if (!std::strcmp(argv[i], "--quick")) opts.seqlens = {2048, 8192};
     else if (!std::strcmp(argv[i], "--no-padded")) opts.padded = false;
-    else if (!std::strcmp(argv[i], "--seqlens")) {
+    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) opts.reps = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--head-dims")) {
+      opts.head_dims.clear();
+      while (i + 1 < argc && argv[i + 1][0] != '-') opts.head_dims.push_back(std::atoi(argv[++i]));
+    } else if (!std::strcmp(argv[i], "--seqlens")) {
       opts.seqlens.clear();
       while (i + 1 < argc && argv[i + 1][0] != '-') opts.seqlens.push_back(std::atoi(argv[++i]));
     }
     else {
-      std::fprintf(stderr, "usage: attention_bench [--json FILE] [--fp16] [--quick] [--no-padded] [--seqlens N...]\n");
+      std::fprintf(stderr, "usage: attention_bench [--json FILE] [--fp16] [--quick] [--no-padded] [--seqlens N...] [--head-dims D...] [--reps R]\n");
       return 2;
     }
   }

@@ -2,8 +2,9 @@
 // One block = 2 warpgroups x 64 query rows of one (batch, head); key blocks of BC = 128 (d64) or 64 (d128).
 // S = Q K^T: wgmma m64n128k16, A and B from shared memory (K-major, 128-byte swizzle).
 // O += P V:  wgmma m64nDk16, A = P from registers, B = V from shared memory (MN-major).
-// Tiles are loaded with cp.async (zero-filled past the length) into a 3-stage ring, two blocks ahead;
-// S_{j+1} = Q K_{j+1}^T runs on the tensor cores while the sigmoid of block j is computed.
+// Tiles are loaded with cp.async (zero-filled past the length) into a 4-stage ring, two blocks ahead;
+// S_{j+1} = Q K_{j+1}^T runs on the tensor cores while the sigmoid of block j is computed, and PV_j
+// is retired only after the next step's barrier.
 // Shared tile layout: column halves of 64 elements, each [rows][64] with 16-byte chunks
 // XOR-swizzled by (row & 7): the canonical 128-byte-swizzle layout of wgmma.
 #include "kernels/attention_cuda.h"
@@ -19,7 +20,7 @@ namespace sm90 {
 namespace {
 
 
-constexpr int NWG = 2, BR = 64 * NWG, NT = 128 * NWG, STAGES = 3;
+constexpr int NWG = 2, BR = 64 * NWG, NT = 128 * NWG, STAGES = 4;
 // Keys per block: 128 at d64; 64 at d128, where two S tiles and O must fit in registers.
 template <int D>
 constexpr int kBC = D == 64 ? 128 : 64;
@@ -98,16 +99,18 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
   };
   // One key block: S_j is in s (issued), S_{j+1} goes to s_next while P_j is computed.
   auto step = [&](int j, float(&s)[BC / 2], float(&s_next)[BC / 2]) {
-    wgmma_wait<0>();  // S_j and PV_{j-1} done
     if (j + 1 < nkb) {
       cp_async_wait<0>();  // block j+1 landed
       fence_proxy_async();
     }
-    __syncthreads();  // block j+1 visible; every warpgroup is done with block j-1's stage
+    // Block j+1 visible; every warpgroup has retired PV_{j-2}, so block j-2's stage is free.
+    // PV_{j-1} may still run through the barrier and the next loads.
+    __syncthreads();
     if (j + 2 < nkb) {
       load_kv(j + 2);
       cp_async_commit();
     }
+    wgmma_wait<0>();  // S_j and PV_{j-1} done (ptxas needs a full wait before reading S_j)
     if (j + 1 < nkb) issue_s(s_next, j + 1);
 
     const int kbase = j * BC;

@@ -2,7 +2,7 @@
 # On the GPU machine: configure (build-gpu), build, test and benchmark.
 #   scripts/gpu.sh [STEP...]   default: kernels
 # Steps: kernels = kernels-build kernels-test kernels-sanitize kernels-bench
-#        kernels-build | kernels-test | kernels-sanitize | kernels-bench | kernels-bench-quick
+#        kernels-build | kernels-test | kernels-sanitize | kernels-bench | kernels-bench-quick | kernels-profile
 # Logs and JSON go to $OUT (set by the device tool), else build-gpu/out. Add steps in the case below.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -76,6 +76,11 @@ for step in "$@"; do
     kernels-sanitize) kernels_sanitize ;;
     kernels-bench) kernels_bench ;;
     kernels-bench-quick) kernels_bench --seqlens 2048 8192 ;;
+    kernels-profile)  # Nsight Compute on one forward and one backward launch (d128, N=4096)
+      ncu --kernel-name regex:'(fwd|bwd)_kernel' --launch-skip 2 --launch-count 2 --section SpeedOfLight \
+        --section WarpStateStats --section Occupancy --section ComputeWorkloadAnalysis \
+        "$(bin kernels/attention_bench)" --seqlens 4096 --head-dims 128 --reps 1 --no-padded \
+        >"$out/profile.txt" 2>&1; grep -E "bwd_kernel|fwd_kernel|Throughput|Stall|Warp Cycles|Issued|Achieved Occ|Pipe" "$out/profile.txt" | head -60 ;;
     *) echo "unknown step: $step"; exit 2 ;;
   esac
 done
