@@ -19,11 +19,15 @@ import sys
 import time
 
 PEER = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 import anndata as ad
 path, mode, batch, batches, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_mb():  # VmHWM: ru_maxrss would carry the parent's peak over exec
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+before = peak_mb()
 a = ad.read_h5ad(path, backed="r")
 X = a.X
 n = a.n_obs
@@ -40,7 +44,7 @@ else:
         m = X[rows]
         cells += m.shape[0]; entries += m.nnz
 secs = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = peak_mb()
 print(json.dumps({"reader": "anndata-backed", "mode": mode, "batch": batch, "cells": cells, "entries": entries,
                   "seconds": secs, "cells_per_s": cells / secs, "mb_per_s": entries * 8 / 1e6 / secs,
                   "peak_rss_mb": peak, "rss_before_mb": before}))

@@ -147,11 +147,20 @@ std::vector<Run> runs_of(const std::vector<int64_t>& sorted_unique) {
   return runs;
 }
 
-// Sorts each row's entries by column when a file stores them unsorted.
-void sort_rows(CellRows& out) {
+// Checks every column index is in range and sorts the entries of rows a file stores unsorted.
+void check_and_sort_rows(const MatrixInfo& info, const Matrix::Impl& m, CellRows& out) {
+  const int32_t n_cols = static_cast<int32_t>(info.n_cols);
   for (int64_t r = 0; r < out.n_rows(); ++r) {
     int64_t b = out.indptr[r], e = out.indptr[r + 1];
-    if (std::is_sorted(out.indices.begin() + b, out.indices.begin() + e)) continue;
+    bool sorted = true, in_range = true;
+    for (int64_t i = b; i < e; ++i) in_range &= (out.indices[i] >= 0) & (out.indices[i] < n_cols);
+    for (int64_t i = b + 1; i < e; ++i) sorted &= out.indices[i] >= out.indices[i - 1];
+    if (!in_range)
+      for (int64_t i = b; i < e; ++i)
+        if (out.indices[i] < 0 || out.indices[i] >= n_cols)
+          m.fail(info, "indices out of range: column " + std::to_string(out.indices[i]) + " in a matrix of " +
+                           std::to_string(info.n_cols) + " columns");
+    if (sorted) continue;
     std::vector<std::pair<int32_t, float>> tmp;
     for (int64_t i = b; i < e; ++i) tmp.emplace_back(out.indices[i], out.values[i]);
     std::sort(tmp.begin(), tmp.end());
@@ -179,26 +188,39 @@ CellRows read_csr_runs(const MatrixInfo& info, Matrix::Impl& m, const std::vecto
   out.indices.resize(total);
   out.values.resize(total);
   try {
-    if (m.raw_indices && m.raw_data) {  // no HDF5 call: no lock, threads read in parallel
-      int64_t at = 0;
-      for (size_t i = 0; i < starts.size(); ++i) {
-        m.raw_indices->read(static_cast<int64_t>(starts[i]), static_cast<int64_t>(counts[i]), out.indices.data() + at);
-        m.raw_data->read(static_cast<int64_t>(starts[i]), static_cast<int64_t>(counts[i]), out.values.data() + at);
-        at += static_cast<int64_t>(counts[i]);
-      }
-    } else {
-      Lock lock(h5_mutex());
-      h5::read_ranges(m.indices.get(), starts, counts, out.indices.data());
-      h5::read_ranges(m.data.get(), starts, counts, out.values.data());
+    Lock lock(h5_mutex());
+    h5::read_ranges(m.indices.get(), starts, counts, out.indices.data());
+    h5::read_ranges(m.data.get(), starts, counts, out.values.data());
+  } catch (const std::exception& e) {
+    m.fail(info, std::string("cannot read entries: ") + e.what());
+  }
+  check_and_sort_rows(info, m, out);
+  return out;
+}
+
+// Direct CSR reads (RawDataset) in the requested order: no sorting of rows, no reordering
+// copy; consecutive requested rows become one read.
+CellRows read_csr_direct(const MatrixInfo& info, const Matrix::Impl& m, std::span<const int64_t> rows) {
+  CellRows out;
+  out.n_cols = info.n_cols;
+  out.indptr.resize(rows.size() + 1);
+  for (size_t i = 0; i < rows.size(); ++i)
+    out.indptr[i + 1] = out.indptr[i] + (m.indptr[rows[i] + 1] - m.indptr[rows[i]]);
+  out.indices.resize(out.indptr.back());
+  out.values.resize(out.indptr.back());
+  try {
+    for (size_t i = 0; i < rows.size();) {
+      size_t j = i;
+      while (j + 1 < rows.size() && rows[j + 1] == rows[j] + 1) ++j;
+      int64_t lo = m.indptr[rows[i]], n = m.indptr[rows[j] + 1] - lo;
+      m.raw_indices->read(lo, n, out.indices.data() + out.indptr[i]);
+      m.raw_data->read(lo, n, out.values.data() + out.indptr[i]);
+      i = j + 1;
     }
   } catch (const std::exception& e) {
     m.fail(info, std::string("cannot read entries: ") + e.what());
   }
-  for (int32_t c : out.indices)
-    if (c < 0 || c >= info.n_cols)
-      m.fail(info, "indices out of range: column " + std::to_string(c) + " in a matrix of " +
-                       std::to_string(info.n_cols) + " columns");
-  sort_rows(out);
+  check_and_sort_rows(info, m, out);
   return out;
 }
 
@@ -312,6 +334,9 @@ CellRows Matrix::read_rows(std::span<const int64_t> rows) const {
     if (r < 0 || r >= info_.n_rows)
       impl_->fail(info_, "row " + std::to_string(r) + " out of range: the matrix has " +
                              std::to_string(info_.n_rows) + " rows");
+  // Uncompressed CSR: no HDF5 call, no lock; loader threads read in parallel.
+  if (info_.encoding == Encoding::Csr && impl_->raw_data && impl_->raw_indices)
+    return read_csr_direct(info_, *impl_, rows);
   std::vector<int64_t> unique(rows.begin(), rows.end());
   std::sort(unique.begin(), unique.end());
   unique.erase(std::unique(unique.begin(), unique.end()), unique.end());

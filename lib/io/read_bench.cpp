@@ -1,9 +1,9 @@
 #include "io/read_bench.h"
 
-#include <sys/resource.h>
-
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <string>
 #include <random>
 
 #include "io/h5ad.h"
@@ -12,10 +12,13 @@
 namespace sctrain::io {
 namespace {
 
+// Peak resident memory of this process (VmHWM; ru_maxrss would carry a parent's peak over exec).
 double peak_rss_mb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_maxrss) / 1024.0;  // Linux: KiB
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
+  return 0;
 }
 
 }  // namespace
