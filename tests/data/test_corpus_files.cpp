@@ -1,6 +1,7 @@
 // prepare_corpus on the project's real files; figures cross-checked with
 // scripts/tokenize_baseline.py (numpy/anndata, written independently of the C++).
 #include <gtest/gtest.h>
+#include <yaml-cpp/yaml.h>
 
 #include <filesystem>
 #include <fstream>
@@ -198,4 +199,18 @@ TEST(PrepareFiles, MouseNamesKeepTheirOwnTokensAndLegacyLayout) {
   PreparedCorpus legacy = prepare_corpus(options({project_data("orig_scanpy_pbmc68k_reduced_legacy.h5ad:raw/X")}));
   PreparedCorpus modern = prepare_corpus(options({project_data("orig_scanpy_pbmc68k_reduced.h5ad:raw/X")}));
   EXPECT_EQ(token_digest(legacy), token_digest(modern));  // same data, 2018 layout
+}
+
+TEST(PrepareFiles, SummaryJson) {
+  PreparedCorpus c = prepare_corpus(options({project_data("pbmc68k_reduced.h5ad"), project_data("pbmc3k_seurat.h5ad")}));
+  YAML::Node j = YAML::Load(summary_json(c));
+  EXPECT_EQ(j["n_cells"].as<int64_t>(), 700 + 2638);
+  EXPECT_EQ(j["n_genes"].as<int64_t>(), c.vocab.n_genes());
+  EXPECT_EQ(j["genes_unmapped"].as<int64_t>(), 14 + 1328);
+  EXPECT_NEAR(j["tokens_mean"].as<double>(), c.stats.tokens_mean, 1e-6);
+  EXPECT_EQ(j["tokens_max"].as<int64_t>(), 2048);
+  ASSERT_EQ(j["files"].size(), 2u);
+  EXPECT_EQ(j["files"][0]["genes_mapped"].as<int64_t>(), 751);
+  EXPECT_EQ(j["files"][1]["duplicate_columns"].as<int64_t>(), 29);
+  EXPECT_EQ(j["files"][1]["unmapped_first"].size(), 20u);
 }
