@@ -4,8 +4,8 @@
 //   S^T = Kw Q^T, dP^T = Vw dO^T          wgmma m64n64, A and B K-major in shared memory
 //   P^T, dS^T = scale * dP^T P^T (1-P^T)  registers; dS^T also to shared memory
 //   dVw += P^T dO, dKw += dS^T Q          wgmma m64nD, A from registers, B MN-major
-//   dQ += dS Kw                           wgmma m64n64 per 64 columns, A = dS^T and B = Kw MN-major;
-//                                         added to the fp32 dQ with vector atomics (each warpgroup its part)
+//   dQ += dS K                            wgmma m64n(D/2) over all 128 keys, each warpgroup half of the
+//                                         columns; A = dS^T and B = K MN-major; 16-byte fp32 atomics
 #include "kernels/attention_cuda.h"
 #include "kernels/sm90_common.cuh"
 
@@ -125,29 +125,22 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p) {
       for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dka, dsf[kk], desc(cQ + kk * 16 * 64, BR * 128, 1024));
       wgmma_commit();
 
-      // dQ (64 queries x D) += dS Kw: A = dS^T rows of this warpgroup (MN-major), B = Kw (MN-major).
+      // dQ (64 queries x D) += dS K over all 128 keys; warpgroup w takes columns [w*D/2, (w+1)*D/2).
+      // A = dS^T (MN-major), B = K (MN-major, starting inside the swizzle atom at d64).
       fence_proxy_async();  // sdS written by ordinary stores, read by the tensor cores
-      asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // this warpgroup's dS^T rows are complete
-      const T* sdSw = sdS + wg * 64 * 64;
-#pragma unroll
-      for (int half = 0; half < D / 64; ++half) {
-        float dqa[32];
+      __syncthreads();      // dS^T of all 128 keys complete
+      {
+        constexpr int NQ = D / 2;
+        const T* sKc = sK + (D == 128 ? wg * BC * 64 : wg * 32);
+        float dqa[NQ / 2];
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          mma_ss_tt64<T>(dqa, desc(sdSw + kk * 16 * 64, 8192, 1024), desc(sKw + half * BC * 64 + kk * 16 * 64, 8192, 1024),
-                         kk > 0);
+        for (int kk = 0; kk < BC / 16; ++kk)
+          mma_ss_tt<T, NQ>(dqa, desc(sdS + kk * 16 * 64, 8192, 1024), desc(sKc + kk * 16 * 64, 8192, 1024), kk > 0);
         wgmma_commit();
         wgmma_wait<0>();
-        const int qa = i * BR + wi * 16 + g, qb = qa + 8;
-#pragma unroll
-        for (int n = 0; n < 8; ++n) {
-          const int c = half * 64 + n * 8 + 2 * t;
-          if (qa < len) sm80::atomic_add2(dq + qa * o_row + c, dqa[4 * n], dqa[4 * n + 1]);
-          if (qb < len) sm80::atomic_add2(dq + qb * o_row + c, dqa[4 * n + 2], dqa[4 * n + 3]);
-        }
+        atomic_add_tile(dq, o_row, dqa, i * BR + wi * 16, wg * NQ, len, lane);
       }
-      wgmma_wait<0>();
       __syncthreads();  // stage and sdS free for the next step
     }
   }

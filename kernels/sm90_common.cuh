@@ -65,11 +65,34 @@ __device__ __forceinline__ void mma_rs_tb(float (&d)[N / 2], const uint32_t (&a)
 }
 
 
-// A and B transposed (MN-major), N = 64.
-template <typename T>
-__device__ __forceinline__ void mma_ss_tt64(float (&d)[32], uint64_t da, uint64_t db, int scale_d) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) wgmma_ss_bf16_n64_tt(d, da, db, scale_d);
-  else wgmma_ss_f16_n64_tt(d, da, db, scale_d);
+// A and B transposed (MN-major), N = 32 or 64.
+template <typename T, int N>
+__device__ __forceinline__ void mma_ss_tt(float (&d)[N / 2], uint64_t da, uint64_t db, int scale_d) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if constexpr (N == 32) wgmma_ss_bf16_n32_tt(d, da, db, scale_d);
+    else wgmma_ss_bf16_n64_tt(d, da, db, scale_d);
+  } else {
+    if constexpr (N == 32) wgmma_ss_f16_n32_tt(d, da, db, scale_d);
+    else wgmma_ss_f16_n64_tt(d, da, db, scale_d);
+  }
+}
+
+// Adds an accumulator tile (m64 x 8n, wgmma layout) of 64 rows x 8n columns to fp32 global memory
+// with 16-byte atomics: lanes t and t^1 swap halves so each holds 4 consecutive columns of one row.
+template <int NREG>
+__device__ __forceinline__ void atomic_add_tile(float* base, int64_t row_stride, const float (&d)[NREG], int row0,
+                                                int col0, int rows_valid, int lane) {
+  const int g = lane / 4, t = lane % 4;
+  const bool even = (t & 1) == 0;
+  const int row = row0 + g + (even ? 0 : 8);
+  const int col = col0 + 2 * (t & ~1);
+#pragma unroll
+  for (int n = 0; n < NREG / 4; ++n) {
+    const float x0 = even ? d[4 * n + 2] : d[4 * n], x1 = even ? d[4 * n + 3] : d[4 * n + 1];
+    const float y0 = __shfl_xor_sync(0xffffffffu, x0, 1), y1 = __shfl_xor_sync(0xffffffffu, x1, 1);
+    const float4 v = even ? make_float4(d[4 * n], d[4 * n + 1], y0, y1) : make_float4(y0, y1, d[4 * n + 2], d[4 * n + 3]);
+    if (row < rows_valid) atomicAdd(reinterpret_cast<float4*>(base + row * row_stride + col + n * 8), v);
+  }
 }
 
 }  // namespace sctrain::kernels::cuda::sm90
