@@ -83,6 +83,7 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     throw std::invalid_argument(str("n_bins must be in [2, 256], got ", opts.tokenize.n_bins));
   PreparedCorpus c;
   c.tokenize = opts.tokenize;
+  Progress phase(false);  // phase timings for the debug log
 
   const bool fixed_vocab = !opts.vocab_file.empty();
   if (fixed_vocab) c.vocab = Vocabulary::load(opts.vocab_file);
@@ -125,6 +126,7 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
   }
   c.n_cells = next_cell;
 
+  log::debug(str("prepare: opened ", opts.sources.size(), " files at ", phase.seconds(), " s"));
   std::optional<GeneTable> table;
   if (use_table) {
     table = GeneTable::load(opts.gene_table, &all_names);
@@ -159,6 +161,7 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
       log::info(str(si.path, ": ", via_symbol, " genes not in the table by name matched by var/", symbol_column[s]));
   }
 
+  log::debug(str("prepare: genes mapped at ", phase.seconds(), " s"));
   // 2. The vocabulary: sorted canonical names of all sources (unless given).
   if (!fixed_vocab) {
     std::set<std::string> all;
@@ -246,6 +249,7 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
   if (c.stats.n_cells == 0) throw std::runtime_error("prepare: no cell has an expressed gene in the vocabulary");
   c.stats.tokens_mean = static_cast<double>(c.stats.tokens_total) / c.stats.n_cells;
 
+  log::debug(str("prepare: cells read at ", phase.seconds(), " s"));
   // 4. Gene medians: normalised values grouped by token (counting sort), median of each group.
   {
     const int32_t V = c.vocab.size();
@@ -270,6 +274,7 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     medians_of(0);
     for (auto& th : pool) th.join();
   }
+  log::debug(str("prepare: medians at ", phase.seconds(), " s"));
   if (opts.keep_rows) c.gathered = g;
   log::info(str("prepared ", c.stats.n_cells, " cells, ", c.vocab.n_genes(), " genes in ", progress.seconds(), " s (",
                 static_cast<int64_t>(c.n_cells / std::max(progress.seconds(), 1e-9)), " cells/s); tokens/cell mean ",

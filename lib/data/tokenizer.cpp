@@ -42,20 +42,24 @@ void gather_cell(std::span<const int32_t> indices, std::span<const float> values
   out.total = total;
   if (negatives) *negatives += neg;
   if (!may_have_duplicates || out.tokens.size() < 2) return;
-  // Sum columns that share a token: sort (token, value) pairs, merge runs.
-  std::vector<std::pair<int32_t, float>> pairs(out.tokens.size());
-  for (size_t i = 0; i < pairs.size(); ++i) pairs[i] = {out.tokens[i], out.values[i]};
-  std::stable_sort(pairs.begin(), pairs.end(), [](auto& a, auto& b) { return a.first < b.first; });
-  out.tokens.clear();
-  out.values.clear();
-  for (size_t i = 0; i < pairs.size(); ++i) {
-    if (!out.tokens.empty() && out.tokens.back() == pairs[i].first) {
-      out.values.back() += pairs[i].second;
+  // Sum columns that share a token, in place: slot[token] = its first position (-1 = none).
+  thread_local std::vector<int32_t> slot;
+  size_t kept = 0;
+  for (size_t i = 0; i < out.tokens.size(); ++i) {
+    const int32_t t = out.tokens[i];
+    if (static_cast<size_t>(t) >= slot.size()) slot.resize(t + 1, -1);
+    if (slot[t] >= 0) {
+      out.values[slot[t]] += out.values[i];
     } else {
-      out.tokens.push_back(pairs[i].first);
-      out.values.push_back(pairs[i].second);
+      slot[t] = static_cast<int32_t>(kept);
+      out.tokens[kept] = t;
+      out.values[kept] = out.values[i];
+      ++kept;
     }
   }
+  out.tokens.resize(kept);
+  out.values.resize(kept);
+  for (int32_t t : out.tokens) slot[t] = -1;
 }
 
 void expression_bins(std::span<const float> values, int32_t n_bins, std::vector<uint8_t>& bins) {

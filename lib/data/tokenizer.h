@@ -34,7 +34,8 @@ struct CellGenes {
 };
 
 // Gathers a CSR row into CellGenes: columns mapped through column_token (-1 dropped),
-// values <= 0 dropped (negatives counted into *negatives), duplicate tokens summed.
+// values <= 0 dropped (negatives counted into *negatives), duplicate tokens summed (in
+// column order; a token stays at its first column's place).
 // Throws std::invalid_argument on a NaN or infinite value.
 void gather_cell(std::span<const int32_t> indices, std::span<const float> values,
                  std::span<const int32_t> column_token, bool may_have_duplicates, CellGenes& out,

@@ -10,6 +10,7 @@
 #include "data/loader.h"
 #include "data/source_reader.h"
 #include "test_data.h"
+#include "util/log.h"
 
 using namespace sctrain::data;
 using clk = std::chrono::steady_clock;
@@ -19,6 +20,7 @@ TEST(PipelineTiming, DISABLED_Stages) {
   std::string file = sctrain::testing::shared_data("kang_pbmc_ctrl.h5ad");
   if (const char* f = std::getenv("SCTRAIN_TIMING_FILE")) file = f;
   if (file.empty()) GTEST_SKIP();
+  sctrain::log::set_level(sctrain::log::Level::Debug);
   auto t = clk::now();
   GeneTable table = GeneTable::load(sctrain::testing::project_data("genes/human_genes.tsv"));
   std::printf("gene table: %.3f s\n", since(t));
