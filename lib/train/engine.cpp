@@ -31,6 +31,7 @@ torch::Device resolve_device(const std::string& name) {
   torch::Device d(name);
   if (d.is_cuda() && !torch::cuda::is_available())
     throw std::runtime_error(str("train.device is '", name, "' but no CUDA device is available"));
+  if (d.is_cuda() && !d.has_index()) d = torch::Device(torch::kCUDA, 0);
   return d;
 }
 
@@ -118,7 +119,11 @@ StepStats Engine::train_step(const std::vector<data::Batch>& micro) {
     }
   auto norms = at::_foreach_norm(grads, 2);
   auto sq = torch::stack(norms).to(torch::kFloat).pow(2);
-  auto idx = torch::tensor(gid, torch::kLong).to(device_);
+  if (!group_index_.defined() || gid != group_index_host_) {
+    group_index_host_ = gid;
+    group_index_ = torch::tensor(gid, torch::kLong).to(device_);
+  }
+  const auto& idx = group_index_;
   auto group_sq = torch::zeros({n_groups_}, sq.options()).index_add_(0, idx, sq);
   auto host = torch::cat({(loss_sum * inv).reshape({1}), group_sq}).to(torch::kCPU, torch::kDouble);
   auto h = host.accessor<double, 1>();

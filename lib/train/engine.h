@@ -70,6 +70,8 @@ class Engine {
   std::unique_ptr<AdamW> opt_;
   std::vector<torch::Tensor> group_params_;  // parameters in group order
   std::vector<int64_t> group_of_;           // their block group
+  torch::Tensor group_index_;               // group of each gradient, on the device (cached)
+  std::vector<int64_t> group_index_host_;
   int64_t n_groups_ = 0, n_params_ = 0, step_ = 0;
 };
 

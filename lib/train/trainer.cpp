@@ -380,9 +380,11 @@ int pretrain(Config cfg, const PretrainOptions& opts) {
     if (ls.first && ls.last)
       msg += str("  train loss   ", fixed(ls.first->second, 4), " (step ", ls.first->first, ") -> ",
                  fixed(ls.last->second, 4), " (step ", ls.last->first, ")\n");
-    if (ls.val_first && ls.val_last)
+    if (ls.val_first && ls.val_last && ls.val_first->first != ls.val_last->first)
       msg += str("  val loss     ", fixed(ls.val_first->second, 4), " (step ", ls.val_first->first, ") -> ",
                  fixed(ls.val_last->second, 4), " (step ", ls.val_last->first, ")\n");
+    else if (ls.val_first)
+      msg += str("  val loss     ", fixed(ls.val_first->second, 4), " (step ", ls.val_first->first, ")\n");
     if (ls.skipped) msg += str("  skipped      ", ls.skipped, " steps with non-finite loss/gradients\n");
     if (!last_ckpt.empty()) msg += str("  checkpoint   ", last_ckpt.string(), "\n");
     msg += str("  metrics      ", metrics_path.string(), "\n");

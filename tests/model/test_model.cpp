@@ -215,3 +215,35 @@ TEST(SigmoidAttention, ReferenceMatchesFloat64Loops) {
     EXPECT_LT(max_err, 1e-5) << "fixed bias " << fixed;
   }
 }
+
+// Each module on its own: output shape, gradients reach every parameter and the input.
+TEST(Modules, ShapesAndGradients) {
+  torch::manual_seed(0);
+  ModelConfig c = tiny();
+  c.qk_norm = true;
+  c.layer_scale = 0.2;
+  auto x = torch::randn({2, 5, c.d_model}, torch::requires_grad());
+  model::AttentionContext ctx;
+  ctx.lengths = torch::tensor({5, 3}, torch::kInt);
+  ctx.key_mask = (torch::arange(5, torch::kInt).unsqueeze(0) < ctx.lengths.unsqueeze(1)).view({2, 1, 1, 5});
+  for (std::string attn : {"softmax", "sigmoid"}) {
+    c.attention = attn;
+    model::Attention a(c);
+    model::FeedForward f(c);
+    model::Block b(c);
+    std::vector<std::pair<std::string, torch::nn::Module*>> mods{{"attention", a.ptr().get()},
+                                                                 {"ffn", f.ptr().get()},
+                                                                 {"block", b.ptr().get()}};
+    std::vector<torch::Tensor> outs{a(x, ctx), f(x), b(x, ctx)};
+    for (size_t i = 0; i < outs.size(); ++i) {
+      EXPECT_EQ(outs[i].sizes(), x.sizes()) << attn << " " << mods[i].first;
+      if (x.grad().defined()) x.mutable_grad().zero_();
+      outs[i].narrow(1, 0, 3).pow(2).sum().backward();
+      EXPECT_GT(x.grad().abs().sum().item<double>(), 0.0) << mods[i].first;
+      for (const auto& p : mods[i].second->named_parameters()) {
+        ASSERT_TRUE(p.value().grad().defined()) << attn << " " << mods[i].first << " " << p.key();
+        EXPECT_TRUE(torch::isfinite(p.value().grad()).all().item<bool>());
+      }
+    }
+  }
+}

@@ -289,3 +289,33 @@ TEST(Pretrain, SigintSavesAndExits130) {
   ASSERT_TRUE(ck.has_value());
   EXPECT_EQ(ck->step, loss_lines(dir / "metrics.jsonl").back().step);
 }
+
+// Our AdamW (ATen's fused kernel) against LibTorch's torch::optim::AdamW.
+TEST(AdamW, MatchesLibTorch) {
+  torch::manual_seed(0);
+  auto w = torch::randn({4, 3}), b = torch::randn({3});
+  auto w2 = w.clone().requires_grad_(), b2 = b.clone().requires_grad_();
+  w.requires_grad_();
+  b.requires_grad_();
+  train::AdamWOptions o;
+  o.weight_decay = 0.1;
+  train::AdamW ours({{"w", w}, {"b", b}}, o);
+  torch::optim::AdamW ref(
+      std::vector<torch::optim::OptimizerParamGroup>{
+          torch::optim::OptimizerParamGroup({w2}, std::make_unique<torch::optim::AdamWOptions>(
+                                                      torch::optim::AdamWOptions(0.01).betas({0.9, 0.98}).eps(1e-8).weight_decay(0.1))),
+          torch::optim::OptimizerParamGroup({b2}, std::make_unique<torch::optim::AdamWOptions>(
+                                                      torch::optim::AdamWOptions(0.01).betas({0.9, 0.98}).eps(1e-8).weight_decay(0.0)))},
+      torch::optim::AdamWOptions(0.01));
+  auto x = torch::randn({5, 4});
+  for (int step = 0; step < 4; ++step) {
+    ours.zero_grad();
+    ref.zero_grad();
+    torch::matmul(x, w).add(b).tanh().sum().backward();
+    torch::matmul(x, w2).add(b2).tanh().sum().backward();
+    ours.step(0.01);
+    ref.step();
+  }
+  EXPECT_TRUE(torch::allclose(w, w2, 1e-5, 1e-6)) << (w - w2).abs().max().item<double>();
+  EXPECT_TRUE(torch::allclose(b, b2, 1e-5, 1e-6)) << (b - b2).abs().max().item<double>();
+}
