@@ -16,6 +16,7 @@ SCTRAIN_COMMAND({"bench-train", "Measure training throughput (tokens/s, TFLOP/s,
                    };
                    auto a = std::make_shared<Args>();
                    cmd.description(
+                       "Measure training throughput of a config: tokens/s, TFLOP/s, peak GPU memory.\n\n"
                        "Trains the config's model on synthetic full-length cells (random genes, 15% masked)\n"
                        "for --warmup untimed and --steps timed optimizer steps, exactly as `pretrain`\n"
                        "steps (bf16 autocast on GPU, fused AdamW, gradient norms, clipping per config),\n"

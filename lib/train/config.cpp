@@ -3,6 +3,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <sstream>
 
@@ -201,16 +203,21 @@ void walk(const YAML::Node& node, const std::string& prefix, std::vector<Field>&
   }
 }
 
+// Shortest text that reads back to the same double (0.05, not 0.050000000000000003).
+std::string fmt_double(double v) {
+  char buf[40];
+  for (int prec = 6; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+
 std::string fmt_value(const Field& f) {
   std::ostringstream os;
   switch (f.type) {
     case Type::Int: os << *static_cast<int64_t*>(f.ptr); break;
-    case Type::Float: {
-      YAML::Emitter e;
-      e << *static_cast<double*>(f.ptr);
-      os << e.c_str();
-      break;
-    }
+    case Type::Float: os << fmt_double(*static_cast<double*>(f.ptr)); break;
     case Type::Bool: os << (*static_cast<bool*>(f.ptr) ? "true" : "false"); break;
     case Type::String: {
       YAML::Emitter e;
@@ -221,9 +228,7 @@ std::string fmt_value(const Field& f) {
     case Type::OptFloat: {
       auto& o = *static_cast<std::optional<double>*>(f.ptr);
       if (o) {
-        YAML::Emitter e;
-        e << *o;
-        os << e.c_str();
+        os << fmt_double(*o);
       } else {
         os << "null";
       }
