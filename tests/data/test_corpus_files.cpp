@@ -214,3 +214,44 @@ TEST(PrepareFiles, SummaryJson) {
   EXPECT_EQ(j["files"][1]["duplicate_columns"].as<int64_t>(), 29);
   EXPECT_EQ(j["files"][1]["unmapped_first"].size(), 20u);
 }
+
+static std::string fixture(const std::string& name) { return std::string(SCTRAIN_SOURCE_DIR) + "/tests/data/fixtures/" + name; }
+
+// 4 cells x (CD3E, MS4A1, NOT_A_GENE_X): [1 2 0], [0 0 0], [0 3 5], [4 0 1] (fixtures/README.md).
+TEST(PrepareFiles, HandCheckedTinyFileWithAnEmptyCell) {
+  PreparedCorpus c = prepare_corpus(options({fixture("empty_cell.h5ad")}));
+  EXPECT_EQ(c.n_cells, 4);
+  EXPECT_EQ(c.stats.n_cells, 3);
+  EXPECT_EQ(c.sources[0].cells_empty, 1);
+  EXPECT_EQ(c.sources[0].genes_unmapped, (std::vector<std::string>{"NOT_A_GENE_X"}));
+  // Sorted canonical names: MS4A1 = ENSG00000156738, CD3E = ENSG00000198851, then the unknown name.
+  ASSERT_EQ(c.vocab.names(), (std::vector<std::string>{"<pad>", "<cls>", "<mask>", "<unk>", "<eos>", "ENSG00000156738",
+                                                       "ENSG00000198851", "NOT_A_GENE_X"}));
+  // Normalised (x 1e4 / cell total): CD3E {1e4/3, 4e4/5}, MS4A1 {2e4/3, 3e4/8}, NOT {5e4/8, 1e4/5}.
+  EXPECT_DOUBLE_EQ(c.gene_medians[6], (1.0 * 1e4 / 3 + 4.0 * 1e4 / 5) / 2);
+  EXPECT_DOUBLE_EQ(c.gene_medians[5], (2.0 * 1e4 / 3 + 3.0 * 1e4 / 8) / 2);
+  EXPECT_DOUBLE_EQ(c.gene_medians[7], (5.0 * 1e4 / 8 + 1.0 * 1e4 / 5) / 2);
+  // Scores: cell 0 MS4A1 1.28 > CD3E 0.59; cell 2 NOT 1.52 > MS4A1 0.72; cell 3 CD3E 1.41 > NOT 0.48.
+  auto t = tokenize_cells(c, {0, 1, 2, 3});
+  EXPECT_EQ(t[0].genes, (std::vector<int32_t>{5, 6}));
+  EXPECT_TRUE(t[1].genes.empty());
+  EXPECT_EQ(t[2].genes, (std::vector<int32_t>{7, 5}));
+  EXPECT_EQ(t[3].genes, (std::vector<int32_t>{6, 7}));
+  // The loader never hands out the empty cell.
+  LoaderConfig cfg;
+  cfg.val_fraction = 0;
+  Loader l(c, cfg);
+  EXPECT_EQ(l.n_train_cells(), 3);
+}
+
+TEST(PrepareFiles, NaNInAFileIsAnErrorNamingFileMatrixAndCell) {
+  try {
+    prepare_corpus(options({fixture("nan_value.h5ad")}));
+    FAIL() << "no error";
+  } catch (const std::exception& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("nan_value.h5ad"), std::string::npos) << m;
+    EXPECT_NE(m.find("X cell 2"), std::string::npos) << m;
+    EXPECT_NE(m.find("NaN"), std::string::npos) << m;
+  }
+}
