@@ -255,3 +255,17 @@ TEST(PrepareFiles, NaNInAFileIsAnErrorNamingFileMatrixAndCell) {
     EXPECT_NE(m.find("NaN"), std::string::npos) << m;
   }
 }
+
+// Bins: numpy on the cell's expressed values, 1 + 50 * searchsorted(sorted, v, 'left') // n, listed
+// in rank order (first 16 genes of cells 0 and 5 of pbmc68k_reduced).
+TEST(PrepareFiles, BinnedModeMatchesNumpy) {
+  PrepareOptions o = options({project_data("pbmc68k_reduced.h5ad")});
+  o.tokenize.mode = TokenMode::Binned;
+  PreparedCorpus c = prepare_corpus(o);
+  EXPECT_EQ(token_digest(c), 23718783077802146ULL);  // same gene order as rank mode
+  auto t = tokenize_cells(c, {0, 5});
+  auto first16 = [](const std::vector<uint8_t>& b) { return std::vector<int>(b.begin(), b.begin() + 16); };
+  ASSERT_EQ(t[0].bins.size(), 217u);  // 217 genes after CLS
+  EXPECT_EQ(first16(t[0].bins), (std::vector<int>{46, 48, 50, 47, 42, 49, 44, 44, 44, 49, 37, 37, 49, 44, 37, 44}));
+  EXPECT_EQ(first16(t[1].bins), (std::vector<int>{50, 48, 48, 47, 48, 49, 48, 50, 48, 48, 46, 50, 47, 47, 45, 45}));
+}
