@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <torch/cuda.h>
+#include <yaml-cpp/yaml.h>
 
 #include <cmath>
 #include <mutex>
@@ -206,6 +207,19 @@ void load_model_weights(model::Model& m, const fs::path& file) {
                                             t.sizes(), ", the model ", item.value().sizes()));
     item.value().copy_(t);
   }
+}
+
+model::Model load_checkpoint_model(const fs::path& dir, const torch::Device& device, Config* config) {
+  Config cfg = load_config((dir / "config.yaml").string());
+  YAML::Node meta = YAML::LoadFile((dir / "meta.json").string());
+  cfg.model.vocab_size = meta["vocab_size"].as<int64_t>();
+  cfg.model.n_bins = cfg.data.mode == "binned" ? cfg.data.n_bins : 0;
+  model::Model m(cfg.model);
+  load_model_weights(m, dir / "model.pt");
+  m->to(device);
+  m->eval();
+  if (config) *config = cfg;
+  return m;
 }
 
 void Engine::load(const fs::path& dir) {

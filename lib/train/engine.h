@@ -78,4 +78,9 @@ class Engine {
 // Loads model.pt into a model (for evaluation and embedding).
 void load_model_weights(model::Model& m, const std::filesystem::path& file);
 
+// Rebuilds the model of a checkpoint directory (config.yaml, meta.json, model.pt) on a
+// device, in eval mode. The run's vocabulary is OUT/corpus/vocab.tsv (data::load_corpus).
+model::Model load_checkpoint_model(const std::filesystem::path& dir, const torch::Device& device,
+                                   Config* config = nullptr);
+
 }  // namespace sctrain::train

@@ -221,6 +221,7 @@ int pretrain(Config cfg, const PretrainOptions& opts) {
   cfg.model.vocab_size = corpus.vocab.size();
   cfg.model.n_bins = cfg.data.mode == "binned" ? cfg.data.n_bins : 0;
   write_file_atomic(out / "config.yaml", to_yaml(cfg));
+  if (!resume_from) data::save_corpus(corpus, (out / "corpus").string());  // vocabulary for eval
 
   Engine engine(cfg);
   con.say(describe_model(cfg.model, engine.num_parameters()));

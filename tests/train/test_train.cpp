@@ -212,6 +212,21 @@ TEST(Pretrain, LossFallsOnRealData) {
     if (auto p = line.find("\"val_loss\":"); p != std::string::npos) val.push_back(std::stod(line.substr(p + 11)));
   ASSERT_EQ(val.size(), 3u);
   EXPECT_LT(val.back(), val.front());
+
+  // The checkpoint rebuilds the model (what evaluation and embedding use).
+  train::Config saved;
+  auto m = train::load_checkpoint_model(dir / "checkpoints" / "step_0000040", torch::kCPU, &saved);
+  EXPECT_EQ(saved.model.d_model, 32);
+  EXPECT_TRUE(fs::exists(dir / "corpus" / "vocab.tsv"));
+  data::Batch b;
+  b.batch_size = 1;
+  b.seq_len = 3;
+  b.tokens = {data::kCls, 10, 11};
+  b.labels = {data::kIgnoreLabel, data::kIgnoreLabel, data::kIgnoreLabel};
+  b.lengths = {3};
+  torch::NoGradGuard g;
+  auto h = m->forward(model::to_inputs(b, torch::kCPU));
+  EXPECT_EQ(model::ModelImpl::cell_embedding(h).sizes(), (std::vector<int64_t>{1, 32}));
 }
 
 TEST(Pretrain, ResumeGivesTheSameLosses) {
