@@ -142,7 +142,7 @@ SCTRAIN_COMMAND({"prepare", "Tokenize h5ad files: gene vocabulary, medians, mani
   cmd.add_option("--batch-size", a->batch_size, "with --time-batches: cells per batch")->capture_default_str();
   cmd.add_option("--token-budget", a->token_budget, "with --time-batches: batch_size x padded length cap (0 = off)")
       ->capture_default_str();
-  cmd.add_option("--threads", a->threads, "background batch workers")->capture_default_str();
+  cmd.add_option("--threads", a->threads, "threads for medians and tokenization; batch workers with --time-batches")->capture_default_str();
   return [a] { return run_prepare(*a); };
 }});
 

@@ -83,6 +83,8 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     throw std::invalid_argument(str("n_bins must be in [2, 256], got ", opts.tokenize.n_bins));
   PreparedCorpus c;
   c.tokenize = opts.tokenize;
+  c.gene_table = opts.gene_table;
+  c.vocab_file = opts.vocab_file;
   Progress phase(false);  // phase timings for the debug log
 
   const bool fixed_vocab = !opts.vocab_file.empty();
@@ -359,6 +361,8 @@ void save_corpus(const PreparedCorpus& c, const std::string& dir) {
   w.field("target_sum", c.tokenize.target_sum);
   w.end_object();
   w.field("n_cells", c.n_cells);
+  w.field("gene_table", c.gene_table.empty() ? std::string() : fs::absolute(c.gene_table).string());
+  w.field("vocab_file", c.vocab_file.empty() ? std::string() : fs::absolute(c.vocab_file).string());
   w.key("sources").begin_array();
   for (size_t s = 0; s < c.sources.size(); ++s) {
     const SourceInfo& si = c.sources[s];
@@ -403,6 +407,8 @@ PreparedCorpus load_corpus(const std::string& dir) {
   c.tokenize.n_bins = m["tokenize"]["n_bins"].as<int32_t>();
   c.tokenize.target_sum = m["tokenize"]["target_sum"].as<double>();
   c.n_cells = m["n_cells"].as<int64_t>();
+  if (m["gene_table"]) c.gene_table = m["gene_table"].as<std::string>();
+  if (m["vocab_file"]) c.vocab_file = m["vocab_file"].as<std::string>();
   for (const auto& s : m["sources"]) {
     SourceInfo si;
     si.path = s["path"].as<std::string>();

@@ -79,6 +79,7 @@ struct PreparedCorpus {
   std::vector<SourceInfo> sources;
   int64_t n_cells = 0;               // all rows of all sources (global ids 0..n_cells-1)
   TokenStats stats;
+  std::string gene_table, vocab_file;  // what prepare was given (provenance, in manifest.json)
   // The mapped cells, when PrepareOptions::keep_rows (else null).
   std::shared_ptr<const GatheredCells> gathered;
   // Or raw matrices, one per source (hand-made corpora in tests); else the files are read.
