@@ -163,7 +163,9 @@ SCTRAIN_COMMAND({"inspect", "Summarize an .h5ad file: shape, matrices, obs/var c
                        "Reads any anndata version's layout (0.8+, 0.7, <= 0.6) and lists X, raw/X and layers\n"
                        "with encoding, dtype, shape and stored entries, then the obs/var columns.\n"
                        "--stats scans every matrix once (bounded memory) for sum, min, max, whether values\n"
-                       "are whole numbers (raw counts) and stored entries per cell.\n\n"
+                       "are whole numbers (raw counts) and stored entries per cell.\n"
+                       "Reading cells reads only those cells, except from a CSC matrix (genes stored together):\n"
+                       "there any read of cells scans the whole matrix once, in bounded slabs.\n\n"
                        "Examples:\n"
                        "  sctrain inspect data/pbmc3k_seurat.h5ad\n"
                        "  sctrain inspect data/pbmc3k_seurat.h5ad --json --stats | python3 -m json.tool");

@@ -199,7 +199,7 @@ CellRows read_csr_runs(const MatrixInfo& info, Matrix::Impl& m, const std::vecto
 }
 
 // Direct CSR reads (RawDataset) in the requested order: no sorting of rows, no reordering
-// copy; consecutive requested rows become one read.
+// copy; consecutive requested rows become one range.
 CellRows read_csr_direct(const MatrixInfo& info, const Matrix::Impl& m, std::span<const int64_t> rows) {
   CellRows out;
   out.n_cols = info.n_cols;
@@ -208,15 +208,17 @@ CellRows read_csr_direct(const MatrixInfo& info, const Matrix::Impl& m, std::spa
     out.indptr[i + 1] = out.indptr[i] + (m.indptr[rows[i] + 1] - m.indptr[rows[i]]);
   out.indices.resize(out.indptr.back());
   out.values.resize(out.indptr.back());
+  std::vector<std::pair<int64_t, int64_t>> ranges;  // in output order
+  for (size_t i = 0; i < rows.size();) {
+    size_t j = i;
+    while (j + 1 < rows.size() && rows[j + 1] == rows[j] + 1) ++j;
+    int64_t lo = m.indptr[rows[i]];
+    ranges.emplace_back(lo, m.indptr[rows[j] + 1] - lo);
+    i = j + 1;
+  }
   try {
-    for (size_t i = 0; i < rows.size();) {
-      size_t j = i;
-      while (j + 1 < rows.size() && rows[j + 1] == rows[j] + 1) ++j;
-      int64_t lo = m.indptr[rows[i]], n = m.indptr[rows[j] + 1] - lo;
-      m.raw_indices->read(lo, n, out.indices.data() + out.indptr[i]);
-      m.raw_data->read(lo, n, out.values.data() + out.indptr[i]);
-      i = j + 1;
-    }
+    m.raw_indices->read(ranges, out.indices.data());
+    m.raw_data->read(ranges, out.values.data());
   } catch (const std::exception& e) {
     m.fail(info, std::string("cannot read entries: ") + e.what());
   }
@@ -334,7 +336,7 @@ CellRows Matrix::read_rows(std::span<const int64_t> rows) const {
     if (r < 0 || r >= info_.n_rows)
       impl_->fail(info_, "row " + std::to_string(r) + " out of range: the matrix has " +
                              std::to_string(info_.n_rows) + " rows");
-  // Uncompressed CSR: no HDF5 call, no lock; loader threads read in parallel.
+  // CSR read directly (plain, gzip or lzf chunks): no HDF5 call, no lock; threads read in parallel.
   if (info_.encoding == Encoding::Csr && impl_->raw_data && impl_->raw_indices)
     return read_csr_direct(info_, *impl_, rows);
   std::vector<int64_t> unique(rows.begin(), rows.end());
@@ -592,7 +594,7 @@ bool H5adFile::has_matrix(const std::string& name) const {
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
-Matrix H5adFile::matrix(const std::string& name) const {
+Matrix H5adFile::matrix(const std::string& name, bool direct_reads) const {
   Lock lock(h5_mutex());
   std::string h5path = impl_->matrix_path(name);
   if (h5path.empty() || !h5::exists(impl_->fid(), h5path) || (name == "X" && !impl_->has_x)) {
@@ -611,8 +613,10 @@ Matrix H5adFile::matrix(const std::string& name) const {
   } else {
     m->data = h5::open_dataset(f, h5path + "/data", kChunkCacheBytes);
     m->indices = h5::open_dataset(f, h5path + "/indices", kChunkCacheBytes);
-    m->raw_data = RawDataset::probe(m->data.get(), impl_->fd);
-    m->raw_indices = RawDataset::probe(m->indices.get(), impl_->fd);
+    if (direct_reads) {
+      m->raw_data = RawDataset::probe(m->data.get(), impl_->fd);
+      m->raw_indices = RawDataset::probe(m->indices.get(), impl_->fd);
+    }
     Handle indptr = h5::open_dataset(f, h5path + "/indptr");
     try {
       m->indptr = h5::read_all<int64_t>(indptr.get());

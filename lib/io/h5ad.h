@@ -126,7 +126,9 @@ class H5adFile {
   std::vector<std::string> matrix_names() const;
   bool has_matrix(const std::string& name) const;
   // Validates the matrix (shape, indptr); throws H5adError naming the problem.
-  Matrix matrix(const std::string& name) const;
+  // direct_reads: read CSR entries with pread (and our own gzip/lzf inflate, in parallel) where
+  // the storage allows, else through HDF5; false forces HDF5 (tests compare the two).
+  Matrix matrix(const std::string& name, bool direct_reads = true) const;
 
   Dataframe obs() const;
   Dataframe var() const;

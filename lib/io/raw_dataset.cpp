@@ -1,15 +1,54 @@
 #include "io/raw_dataset.h"
 
 #include <unistd.h>
+#include <zlib.h>
 
+#include <algorithm>
 #include <cstring>
+#include <list>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <type_traits>
+#include <unordered_map>
 
 #include "io/hdf5_util.h"
+#include "io/lzf_filter.h"
 
 namespace sctrain::io {
+
+constexpr int kLzfFilter = 32000;
+constexpr size_t kChunkCacheBytes = 64ull << 20;  // inflated chunks kept per dataset
+
+// Least-recently-used inflated chunks, shared by the threads reading one dataset.
+struct RawDataset::ChunkCache {
+  std::mutex mutex;
+  std::list<int64_t> order;  // front: most recent
+  std::unordered_map<int64_t, std::pair<Chunk, std::list<int64_t>::iterator>> map;
+  size_t bytes = 0;
+
+  Chunk get(int64_t c) {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = map.find(c);
+    if (it == map.end()) return nullptr;
+    order.splice(order.begin(), order, it->second.second);
+    return it->second.first;
+  }
+  void put(int64_t c, const Chunk& chunk) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (map.count(c)) return;
+    order.push_front(c);
+    map.emplace(c, std::make_pair(chunk, order.begin()));
+    bytes += chunk->size();
+    while (bytes > kChunkCacheBytes && order.size() > 1) {
+      auto last = map.find(order.back());
+      bytes -= last->second.first->size();
+      map.erase(last);
+      order.pop_back();
+    }
+  }
+};
 
 std::optional<RawDataset> RawDataset::probe(hid_t dset, std::shared_ptr<const int> fd) {
   using h5::Handle;
@@ -39,25 +78,33 @@ std::optional<RawDataset> RawDataset::probe(hid_t dset, std::shared_ptr<const in
     if (r.base_ == HADDR_UNDEF && r.n_ > 0) return std::nullopt;
     return r;
   }
-  if (layout != H5D_CHUNKED || H5Pget_nfilters(dcpl.get()) > 0) return std::nullopt;
+  if (layout != H5D_CHUNKED) return std::nullopt;
+  for (int i = 0, n = H5Pget_nfilters(dcpl.get()); i < n; ++i) {
+    unsigned flags = 0, config = 0;
+    size_t nelmts = 0;
+    char name[64];
+    H5Z_filter_t f = H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &nelmts, nullptr,
+                                    sizeof name, name, &config);
+    if (f != H5Z_FILTER_DEFLATE && f != kLzfFilter) return std::nullopt;  // e.g. shuffle: HDF5 reads it
+    r.filters_.push_back(static_cast<int>(f));
+  }
   hsize_t chunk = 0;
   if (H5Pget_chunk(dcpl.get(), 1, &chunk) != 1 || chunk == 0) return std::nullopt;
   r.chunk_len_ = static_cast<int64_t>(chunk);
   const int64_t n_chunks = (r.n_ + r.chunk_len_ - 1) / r.chunk_len_;
   if (n_chunks > (1 << 22)) return std::nullopt;  // index too large to hold: read through HDF5
   r.chunk_addr_.assign(static_cast<size_t>(n_chunks), HADDR_UNDEF);
+  r.chunk_bytes_.assign(static_cast<size_t>(n_chunks), 0);
+  r.chunk_mask_.assign(static_cast<size_t>(n_chunks), 0);
   for (int64_t c = 0; c < n_chunks; ++c) {
     hsize_t offset = static_cast<hsize_t>(c * r.chunk_len_);
-    unsigned mask = 0;
-    haddr_t addr = HADDR_UNDEF;
-    hsize_t size = 0;
-    if (H5Dget_chunk_info_by_coord(dset, &offset, &mask, &addr, &size) < 0) {
+    if (H5Dget_chunk_info_by_coord(dset, &offset, &r.chunk_mask_[c], &r.chunk_addr_[c], &r.chunk_bytes_[c]) < 0) {
       h5::last_error();
       return std::nullopt;
     }
-    if (mask != 0) return std::nullopt;
-    r.chunk_addr_[c] = addr;
+    if (r.filters_.empty() && r.chunk_mask_[c] != 0) return std::nullopt;
   }
+  if (!r.filters_.empty()) r.cache_ = std::make_shared<ChunkCache>();
   return r;
 }
 
@@ -84,24 +131,43 @@ void pread_all(int fd, unsigned char* buf, size_t bytes, haddr_t at) {
 
 }  // namespace
 
+RawDataset::Chunk RawDataset::load_chunk(int64_t c) const {
+  if (Chunk hit = cache_->get(c)) return hit;
+  const size_t full = static_cast<size_t>(chunk_len_) * elem_size_;
+  auto out = std::make_shared<std::vector<unsigned char>>();
+  if (chunk_addr_[c] == HADDR_UNDEF) {
+    out->assign(full, 0);
+  } else {
+    std::vector<unsigned char> stored(chunk_bytes_[c]);
+    pread_all(*fd_, stored.data(), stored.size(), chunk_addr_[c]);
+    // Filters undo in reverse pipeline order; a set mask bit means the filter was skipped.
+    for (int i = static_cast<int>(filters_.size()) - 1; i >= 0; --i) {
+      if (chunk_mask_[c] & (1u << i)) continue;
+      std::vector<unsigned char> plain(full);
+      if (filters_[i] == H5Z_FILTER_DEFLATE) {
+        uLongf len = static_cast<uLongf>(full);
+        if (uncompress(plain.data(), &len, stored.data(), static_cast<uLong>(stored.size())) != Z_OK)
+          throw std::runtime_error("corrupt deflate chunk " + std::to_string(c));
+        plain.resize(len);
+      } else {
+        size_t len = lzf_decompress(stored.data(), stored.size(), plain.data(), plain.size());
+        if (len == 0) throw std::runtime_error("corrupt lzf chunk " + std::to_string(c));
+        plain.resize(len);
+      }
+      stored.swap(plain);
+    }
+    if (stored.size() < full) throw std::runtime_error("chunk " + std::to_string(c) + " inflates short");
+    *out = std::move(stored);
+  }
+  cache_->put(c, out);
+  return out;
+}
+
 template <typename T>
-void RawDataset::read(int64_t start, int64_t count, T* out) const {
-  if (start < 0 || count < 0 || start + count > n_) throw std::runtime_error("range out of bounds");
-  thread_local std::vector<unsigned char> buf;
-  auto piece = [&](haddr_t addr, int64_t n, T* dst) {
-    if (addr == HADDR_UNDEF) {
-      std::fill(dst, dst + n, T(0));
-      return;
-    }
-    const bool same = sizeof(T) == elem_size_ && (kind_ == Kind::Float) == std::is_floating_point_v<T> &&
-                      (kind_ != Kind::Unsigned || !std::is_signed_v<T>);
-    if (same) {  // the file holds exactly T: read in place
-      pread_all(*fd_, reinterpret_cast<unsigned char*>(dst), static_cast<size_t>(n) * sizeof(T), addr);
-      return;
-    }
-    buf.resize(static_cast<size_t>(n) * elem_size_);
-    pread_all(*fd_, buf.data(), buf.size(), addr);
-    const unsigned char* s = buf.data();
+void RawDataset::read(const std::vector<std::pair<int64_t, int64_t>>& ranges, T* out) const {
+  for (auto [start, count] : ranges)
+    if (start < 0 || count < 0 || start + count > n_) throw std::runtime_error("range out of bounds");
+  auto convert_to = [&](const unsigned char* s, int64_t n, T* dst) {
     switch (kind_) {
       case Kind::Float:
         if (elem_size_ == 4) convert<T, float>(s, n, dst);
@@ -121,23 +187,84 @@ void RawDataset::read(int64_t start, int64_t count, T* out) const {
         break;
     }
   };
-  if (chunk_len_ == 0) {
-    piece(base_ + static_cast<haddr_t>(start) * elem_size_, count, out);
+  const bool same = sizeof(T) == elem_size_ && (kind_ == Kind::Float) == std::is_floating_point_v<T> &&
+                    (kind_ != Kind::Unsigned || !std::is_signed_v<T>);
+
+  if (filters_.empty()) {  // plain storage: one pread per piece
+    thread_local std::vector<unsigned char> buf;
+    auto piece = [&](haddr_t addr, int64_t n, T* dst) {
+      if (addr == HADDR_UNDEF) {
+        std::fill(dst, dst + n, T(0));
+      } else if (same) {  // the file holds exactly T: read in place
+        pread_all(*fd_, reinterpret_cast<unsigned char*>(dst), static_cast<size_t>(n) * sizeof(T), addr);
+      } else {
+        buf.resize(static_cast<size_t>(n) * elem_size_);
+        pread_all(*fd_, buf.data(), buf.size(), addr);
+        convert_to(buf.data(), n, dst);
+      }
+    };
+    for (auto [start, count] : ranges) {
+      if (chunk_len_ == 0) {
+        piece(base_ + static_cast<haddr_t>(start) * elem_size_, count, out);
+        out += count;
+        continue;
+      }
+      while (count > 0) {
+        int64_t c = start / chunk_len_, within = start % chunk_len_;
+        int64_t n = std::min(count, chunk_len_ - within);
+        haddr_t addr = chunk_addr_[c];
+        piece(addr == HADDR_UNDEF ? addr : addr + static_cast<haddr_t>(within) * elem_size_, n, out);
+        start += n;
+        count -= n;
+        out += n;
+      }
+    }
     return;
   }
-  while (count > 0) {
-    int64_t c = start / chunk_len_, within = start % chunk_len_;
-    int64_t n = std::min(count, chunk_len_ - within);
-    haddr_t addr = chunk_addr_[c];
-    piece(addr == HADDR_UNDEF ? addr : addr + static_cast<haddr_t>(within) * elem_size_, n, out);
-    start += n;
-    count -= n;
-    out += n;
+
+  // Compressed: inflate every chunk the ranges touch, in parallel, then copy out of them.
+  std::vector<int64_t> ids;
+  for (auto [start, count] : ranges)
+    for (int64_t c = start / chunk_len_; count > 0 && c <= (start + count - 1) / chunk_len_; ++c) ids.push_back(c);
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::vector<Chunk> chunks(ids.size());
+  const size_t n_threads = std::min<size_t>(std::max(1u, std::thread::hardware_concurrency()), (ids.size() + 3) / 4);
+  if (n_threads <= 1) {
+    for (size_t i = 0; i < ids.size(); ++i) chunks[i] = load_chunk(ids[i]);
+  } else {
+    std::vector<std::thread> pool;
+    std::exception_ptr error;
+    std::mutex error_mutex;
+    for (size_t t = 0; t < n_threads; ++t)
+      pool.emplace_back([&, t] {
+        try {
+          for (size_t i = t; i < ids.size(); i += n_threads) chunks[i] = load_chunk(ids[i]);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mutex);
+          error = std::current_exception();
+        }
+      });
+    for (auto& th : pool) th.join();
+    if (error) std::rethrow_exception(error);
+  }
+  for (auto [start, count] : ranges) {
+    while (count > 0) {
+      int64_t c = start / chunk_len_, within = start % chunk_len_;
+      int64_t n = std::min(count, chunk_len_ - within);
+      const auto& chunk = *chunks[std::lower_bound(ids.begin(), ids.end(), c) - ids.begin()];
+      const unsigned char* src = chunk.data() + static_cast<size_t>(within) * elem_size_;
+      if (same) std::memcpy(out, src, static_cast<size_t>(n) * sizeof(T));
+      else convert_to(src, n, out);
+      start += n;
+      count -= n;
+      out += n;
+    }
   }
 }
 
-template void RawDataset::read<float>(int64_t, int64_t, float*) const;
-template void RawDataset::read<int32_t>(int64_t, int64_t, int32_t*) const;
-template void RawDataset::read<int64_t>(int64_t, int64_t, int64_t*) const;
+template void RawDataset::read<float>(const std::vector<std::pair<int64_t, int64_t>>&, float*) const;
+template void RawDataset::read<int32_t>(const std::vector<std::pair<int64_t, int64_t>>&, int32_t*) const;
+template void RawDataset::read<int64_t>(const std::vector<std::pair<int64_t, int64_t>>&, int64_t*) const;
 
 }  // namespace sctrain::io
