@@ -1,5 +1,5 @@
 // Backward sigmoid attention, Hopper path (sm_90a): wgmma, operands in shared memory (cp.async,
-// double-buffered; at d64 the dQ atomics of a step overlap the first matrix products of the next). One block = 2 warpgroups x 64 keys of one (batch, head); query steps of 64.
+// double-buffered). One block = 2 warpgroups x 64 keys of one (batch, head); query steps of 64.
 // Warpgroup w, its keys Kw (64 rows), per step (transposed, keys x queries):
 //   S^T = Kw Q^T, dP^T = Vw dO^T          wgmma m64n64, A and B K-major in shared memory
 //   P^T, dS^T = scale * dP^T P^T (1-P^T)  registers; dS^T also to shared memory
@@ -63,11 +63,24 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p) {
     const T* sKw = sK + wg * 64 * 64;  // this warpgroup's 64 keys (in each column half)
     const T* sVw = sV + wg * 64 * 64;
 
-    // S^T = Kw Q^T and dP^T = Vw dO^T of step i, issued asynchronously.
-    float s[32], dp[32];
-    auto issue_sdp = [&](int i) {
-      const T* cQ = sQ + (i & 1) * BR * D;
-      const T* cdO = sdO + (i & 1) * BR * D;
+    for (int i = 0; i < nqb; ++i) {
+      const int st = i & 1;
+      if (i + 1 < nqb) {
+        const int qn = (i + 1) * BR;
+        load_tile<BR, D, NT>(sQ + (st ^ 1) * BR * D, q + qn * p.q_stride[1], p.q_stride[1], len - qn, tid);
+        load_tile<BR, D, NT>(sdO + (st ^ 1) * BR * D, dout + qn * p.do_stride[1], p.do_stride[1], len - qn,
+                             tid);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      fence_proxy_async();
+      __syncthreads();
+      const T* cQ = sQ + st * BR * D;
+      const T* cdO = sdO + st * BR * D;
+
+      float s[32], dp[32];
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
@@ -82,13 +95,8 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p) {
                       desc(cdO + half * BR * 64 + koff, 16, 1024), kk > 0);
       }
       wgmma_commit();
-    };
-    // One step after S^T, dP^T: P^T, dS^T, dV and dK, then dQ into dqa (all retired on return).
-    constexpr int NQ = D / 2;
-    float dqa[NQ / 2];
-    auto rest = [&](int i) {
-      const T* cQ = sQ + (i & 1) * BR * D;
-      const T* cdO = sdO + (i & 1) * BR * D;
+      wgmma_wait<0>();
+
       uint32_t pf[4][4], dsf[4][4];
 #pragma unroll
       for (int n = 0; n < 8; ++n) {
@@ -121,56 +129,19 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p) {
       // A = dS^T (MN-major), B = K (MN-major, starting inside the swizzle atom at d64).
       fence_proxy_async();  // sdS written by ordinary stores, read by the tensor cores
       __syncthreads();      // dS^T of all 128 keys complete
-      const T* sKc = sK + (D == 128 ? wg * BC * 64 : wg * 32);
-      wgmma_fence();
+      {
+        constexpr int NQ = D / 2;
+        const T* sKc = sK + (D == 128 ? wg * BC * 64 : wg * 32);
+        float dqa[NQ / 2];
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < BC / 16; ++kk)
-        mma_ss_tt<T, NQ>(dqa, desc(sdS + kk * 16 * 64, 8192, 1024), desc(sKc + kk * 16 * 64, 8192, 1024), kk > 0);
-      wgmma_commit();
-      wgmma_wait<0>();
-    };
-    auto load_step = [&](int i) {
-      const int qn = i * BR, st = i & 1;
-      load_tile<BR, D, NT>(sQ + st * BR * D, q + qn * p.q_stride[1], p.q_stride[1], len - qn, tid);
-      load_tile<BR, D, NT>(sdO + st * BR * D, dout + qn * p.do_stride[1], p.do_stride[1], len - qn, tid);
-      cp_async_commit();
-    };
-
-    if constexpr (D == 64) {
-      // S^T, dP^T of step i+1 are issued before the dQ atomics of step i, which then overlap them.
-      cp_async_wait<0>();
-      fence_proxy_async();
-      __syncthreads();
-      issue_sdp(0);
-      for (int i = 0; i < nqb; ++i) {
-        if (i + 1 < nqb) load_step(i + 1);  // into the stage of step i-1, retired before the last barrier
-        wgmma_wait<0>();                    // S^T, dP^T of step i
-        rest(i);
-        if (i + 1 < nqb) {
-          cp_async_wait<0>();
-          fence_proxy_async();
-        }
-        __syncthreads();  // sdS and stage i free; stage i+1 visible
-        if (i + 1 < nqb) issue_sdp(i + 1);
-        atomic_add_tile(dq, o_row, dqa, i * BR + wi * 16, wg * NQ, len, lane);
-      }
-    } else {
-      // d128: no registers to keep S^T, dP^T in flight across steps (ptxas C7512).
-      for (int i = 0; i < nqb; ++i) {
-        if (i + 1 < nqb) {
-          load_step(i + 1);
-          cp_async_wait<1>();
-        } else {
-          cp_async_wait<0>();
-        }
-        fence_proxy_async();
-        __syncthreads();
-        issue_sdp(i);
+        for (int kk = 0; kk < BC / 16; ++kk)
+          mma_ss_tt<T, NQ>(dqa, desc(sdS + kk * 16 * 64, 8192, 1024), desc(sKc + kk * 16 * 64, 8192, 1024), kk > 0);
+        wgmma_commit();
         wgmma_wait<0>();
-        rest(i);
         atomic_add_tile(dq, o_row, dqa, i * BR + wi * 16, wg * NQ, len, lane);
-        __syncthreads();  // stage and sdS free for the next step
       }
+      __syncthreads();  // stage and sdS free for the next step
     }
   }
 
