@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <torch/cuda.h>
 #include <yaml-cpp/yaml.h>
 
@@ -10,10 +11,6 @@
 
 #include "util/log.h"
 
-#ifdef SCTRAIN_WITH_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/cuda/CUDAFunctions.h>
-#endif
 
 namespace fs = std::filesystem;
 
@@ -241,22 +238,17 @@ void Engine::load(const fs::path& dir) {
   }
 }
 
+// Device-generic allocator statistics (c10::DeviceAllocator): no CUDA headers needed, so
+// they work in every build against a CUDA LibTorch.
 double Engine::peak_memory_gib() const {
-#ifdef SCTRAIN_WITH_CUDA
-  if (device_.is_cuda()) {
-    auto st = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index());
-    return static_cast<double>(
-               st.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak) /
-           (1024.0 * 1024.0 * 1024.0);
-  }
-#endif
-  return -1.0;
+  if (!device_.is_cuda()) return -1.0;
+  auto st = c10::getDeviceAllocator(device_.type())->getDeviceStats(device_.index());
+  return static_cast<double>(st.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak) /
+         (1024.0 * 1024.0 * 1024.0);
 }
 
 void Engine::reset_peak_memory() {
-#ifdef SCTRAIN_WITH_CUDA
-  if (device_.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device_.index());
-#endif
+  if (device_.is_cuda()) c10::getDeviceAllocator(device_.type())->resetPeakStats(device_.index());
 }
 
 void Engine::synchronize() const {
