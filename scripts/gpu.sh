@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # On the GPU machine: configure (build-gpu), build, test and benchmark.
 #   scripts/gpu.sh [STEP...]   default: kernels
-# Steps: kernels = kernels-build kernels-test kernels-sanitize kernels-bench
+# Steps: all = project train kernels-sanitize kernels-bench
+#        project = build everything, run the whole test suite (GPU tests included)
+#        train = pretrain on the GPU (softmax, sigmoid), then scripts/bench_train.sh (ours vs HF BERT)
+#        kernels = kernels-build kernels-test kernels-sanitize kernels-bench
 #        kernels-build | kernels-test | kernels-sanitize | kernels-bench | kernels-bench-quick | kernels-profile
 # Logs and JSON go to $OUT (set by the device tool), else build-gpu/out. Add steps in the case below.
 set -uo pipefail
@@ -66,10 +69,33 @@ kernels_bench() {
   else "$(bin kernels/attention_bench)" --json "$out/bench.json" "$@" 2>&1 | tee "$out/bench.log"; fi
 }
 
+project_build_test() {
+  configure
+  echo "== build all"
+  ninja -C "$build" -j16 >"$out/build-all.log" 2>&1 || { grep -E "error|FAILED" -A3 "$out/build-all.log" | head -40; exit 1; }
+  echo "== ctest"
+  (cd "$build" && ctest -j8 --output-on-failure >"$out/ctest.log" 2>&1) || status=1
+  tail -25 "$out/ctest.log"
+}
+train_run() {
+  echo "== pretrain on the GPU (quickstart config, 60 steps, softmax and sigmoid)"
+  for attn in softmax sigmoid; do
+    rm -rf "$build/runs/gpu-$attn"
+    (cd "$root" && "$build/sctrain" pretrain --config configs/quickstart.yaml --out "$build/runs/gpu-$attn" \
+      --max-steps 60 --set model.attention=$attn --set train.device=cuda) >"$out/pretrain-$attn.log" 2>&1 || status=1
+    tail -8 "$out/pretrain-$attn.log"
+  done
+  echo "== bench_train (ours vs HF BertForMaskedLM)"
+  (cd "$root" && PYTHON=$py SCTRAIN_BUILD_DIR="$build" OUT="$out/bench_train" bash scripts/bench_train.sh) 2>&1 | tee "$out/bench_train.log" | tail -20
+}
+
 [[ $# -eq 0 ]] && set -- kernels
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader || true
 for step in "$@"; do
   case $step in
+    all) project_build_test; train_run; kernels_sanitize; kernels_bench ;;
+    project) project_build_test ;;
+    train) train_run ;;
     kernels) kernels_build; kernels_test; kernels_sanitize; kernels_bench ;;
     kernels-build) kernels_build ;;
     kernels-test) kernels_test ;;
