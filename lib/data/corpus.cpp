@@ -41,7 +41,7 @@ std::pair<int, int64_t> PreparedCorpus::locate(int64_t cell_id) const {
 
 namespace {
 
-constexpr int64_t kChunkRows = 1024;
+constexpr int64_t kChunkRows = 256;
 
 // var columns holding gene symbols, tried when a name (e.g. an outdated Ensembl ID) is not in
 // the gene table.
