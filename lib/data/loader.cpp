@@ -323,7 +323,14 @@ void Loader::Impl::tokenize_all(const PreparedCorpus& corpus) {
         TokenizedCell tk;
         const int64_t lo = n * p / T, hi = n * (p + 1) / T;
         int src = 0;
+        auto last = std::chrono::steady_clock::now();
         for (int64_t id = lo; id < hi; ++id) {
+          if (p == 0 && (id - lo) % 4096 == 4095 && std::chrono::steady_clock::now() - last > std::chrono::seconds(2)) {
+            last = std::chrono::steady_clock::now();
+            const double secs = std::chrono::duration<double>(last - chrono_start).count();
+            const int64_t done = (id - lo) * T;  // the other threads go about as fast
+            log::info(str("loader: tokenized ~", done, "/", n, " cells, ", static_cast<int64_t>(done / secs), " cells/s"));
+          }
           if (!role[id] || g.offsets[id + 1] == g.offsets[id]) continue;
           while (id >= corpus.sources[src].first_cell + corpus.sources[src].n_cells) ++src;
           cg.tokens.assign(g.tokens.begin() + g.offsets[id], g.tokens.begin() + g.offsets[id + 1]);
