@@ -66,10 +66,18 @@ herr_t walk_errors(unsigned n, const H5E_error2_t* err, void* data) {
   return 0;
 }
 
-std::vector<std::string> read_vlen_strings(hid_t dset_or_attr, bool is_attr, hid_t space, size_t n) {
+// A variable-length C string type in the stored type's character set (HDF5 >= 1.10.10 will
+// not convert between ASCII and UTF-8).
+Handle vlen_string_type(hid_t stored) {
   Handle mtype(H5Tcopy(H5T_C_S1));
   H5Tset_size(mtype.get(), H5T_VARIABLE);
-  H5Tset_cset(mtype.get(), H5T_CSET_UTF8);
+  H5Tset_cset(mtype.get(), H5Tget_cset(stored));
+  return mtype;
+}
+
+std::vector<std::string> read_vlen_strings(hid_t dset_or_attr, bool is_attr, hid_t space, size_t n) {
+  Handle stored(is_attr ? H5Aget_type(dset_or_attr) : H5Dget_type(dset_or_attr));
+  Handle mtype = vlen_string_type(stored.get());
   std::vector<char*> ptrs(n, nullptr);
   herr_t rc = is_attr ? H5Aread(dset_or_attr, mtype.get(), ptrs.data())
                       : H5Dread(dset_or_attr, mtype.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data());
@@ -380,8 +388,7 @@ std::vector<std::string> read_field_strings(hid_t dset, const std::string& field
   size_t n = n_points(space.get());
   if (H5Tget_class(ft.get()) != H5T_STRING) fail("field '" + field + "' is not a string");
   if (H5Tis_variable_str(ft.get()) > 0) {
-    Handle mt(H5Tcopy(H5T_C_S1));
-    H5Tset_size(mt.get(), H5T_VARIABLE);
+    Handle mt = vlen_string_type(ft.get());
     Handle ct = single_field_type(field, mt.get());
     std::vector<char*> ptrs(n, nullptr);
     if (H5Dread(dset, ct.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0) fail("cannot read field");
