@@ -1,10 +1,13 @@
 // Forward sigmoid attention, Hopper path (sm_90a): wgmma with operands in shared memory.
-// One block = 2 warpgroups x 64 query rows of one (batch, head); key blocks of BC = 128 (d64) or 64 (d128).
-// S = Q K^T: wgmma m64n128k16, A and B from shared memory (K-major, 128-byte swizzle).
+// One block = 1 producer + 2 consumer warpgroups; each consumer owns 64 query rows of one (batch, head).
+// Key blocks of BC = 128 (d64) or 64 (d128).
+// Producer (setmaxnreg 40): cp.async (zero-filled past the length) of Q and K/V tiles into a 4-stage ring;
+// each thread's cp.async.mbarrier.arrive signals a stage's "full" barrier. Consumers (setmaxnreg 232)
+// wait on "full", release a stage through its "empty" barrier once PV of that block retired, and never
+// meet each other, so one's sigmoid runs under the other's wgmma.
+// S = Q K^T: wgmma m64nBCk16, A and B from shared memory (K-major, 128-byte swizzle).
 // O += P V:  wgmma m64nDk16, A = P from registers, B = V from shared memory (MN-major).
-// Tiles are loaded with cp.async (zero-filled past the length) into a 4-stage ring, two blocks ahead;
-// S_{j+1} = Q K_{j+1}^T runs on the tensor cores while the sigmoid of block j is computed, and PV_j
-// is retired only after the next step's barrier.
+// S_{j+1} runs on the tensor cores while the sigmoid of block j is computed.
 // Shared tile layout: column halves of 64 elements, each [rows][64] with 16-byte chunks
 // XOR-swizzled by (row & 7): the canonical 128-byte-swizzle layout of wgmma.
 #include "kernels/attention_cuda.h"
@@ -20,22 +23,62 @@ namespace sm90 {
 namespace {
 
 
-constexpr int NWG = 2, BR = 64 * NWG, NT = 128 * NWG, STAGES = 4;
+// Warpgroup 0 produces (cp.async into the K/V ring, 40 registers); warpgroups 1, 2 consume (232).
+constexpr int NWG = 2, BR = 64 * NWG, NT = 128 * (NWG + 1);
 // Keys per block: 128 at d64; 64 at d128, where two S tiles and O must fit in registers.
 template <int D>
 constexpr int kBC = D == 64 ? 128 : 64;
 
-template <typename T, int D>
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrives when all of this thread's earlier cp.async have landed (counts as one of the expected arrivals).
+__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// Producer's tile load (128 threads): a thread keeps one 16-byte column chunk, so its swizzle is fixed
+// and the addresses step by a constant (few registers: the producer runs with 40).
+template <int ROWS, int D, typename T>
+__device__ __forceinline__ void load_tile_lean(T* s, const T* g, int64_t stride, int valid, int ptid) {
+  constexpr int CH = D / 8, RSTEP = 128 / CH;
+  const int r = ptid / CH, c = (ptid % CH) * 8;
+  uint32_t dst = smem_addr(s + tile_off<ROWS>(r, c));
+  const T* src = g + r * stride + c;
+#pragma unroll 4
+  for (int i = 0; i < ROWS / RSTEP; ++i) {
+    const bool ok = r + i * RSTEP < valid;
+    cp_async16(dst, ok ? src : g, ok ? 16 : 0);
+    dst += RSTEP * 64 * sizeof(T);
+    src += RSTEP * stride;
+  }
+}
+
+template <typename T, int D, int BC, int STAGES>
 __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
-  constexpr int BC = kBC<D>;
   extern __shared__ unsigned char smem_raw[];
   // 1024-byte alignment for the swizzled tiles.
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   T* sQ = reinterpret_cast<T*>(smem);
   T* sK = sQ + BR * D;           // STAGES stages
   T* sV = sK + STAGES * BC * D;  // STAGES stages
+  // full[s]: stage s landed (128 producer arrivals); empty[s]: 8 consumer warps are done with it.
+  const uint32_t full0 = smem_addr(sV + STAGES * BC * D), empty0 = full0 + 8 * STAGES;
 
-  const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, warp_in_wg = (tid % 128) / 32;
+  const int tid = threadIdx.x, wg = tid / 128 - 1, lane = tid % 32, warp_in_wg = (tid % 128) / 32;
   const int g = lane / 4, t = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z;
   const int q0 = blockIdx.x * BR;
@@ -45,6 +88,7 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
   const int r0 = q0 + wg * 64 + warp_in_wg * 16 + g, r1 = r0 + 8;
 
   if (q0 >= len) {
+    if (wg < 0) return;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       const int c = n * 8 + 2 * t;
@@ -53,31 +97,39 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
     }
     return;
   }
+  const int nkb = (len + BC - 1) / BC;
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full0 + 8 * s, 128);
+      mbar_init(empty0 + 8 * s, 8);
+    }
+  }
+  __syncthreads();
 
-  const T* q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[2];
-  const T* k = static_cast<const T*>(p.k) + b * p.k_stride[0] + h * p.k_stride[2];
-  const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + h * p.v_stride[2];
+  if (wg < 0) {  // producer warpgroup
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    const T* q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[2];
+    const T* k = static_cast<const T*>(p.k) + b * p.k_stride[0] + h * p.k_stride[2];
+    const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + h * p.v_stride[2];
+    load_tile_lean<BR, D>(sQ, q + q0 * p.q_stride[1], p.q_stride[1], len - q0, tid);  // rides with block 0
+    for (int blk = 0; blk < nkb; ++blk) {
+      const int kn = blk * BC, st = blk % STAGES;
+      if (blk >= STAGES) mbar_wait(empty0 + 8 * st, ((blk / STAGES) + 1) & 1);
+      load_tile_lean<BC, D>(sK + st * BC * D, k + kn * p.k_stride[1], p.k_stride[1], len - kn, tid);
+      load_tile_lean<BC, D>(sV + st * BC * D, v + kn * p.v_stride[1], p.v_stride[1], len - kn, tid);
+      mbar_arrive_cp_async(full0 + 8 * st);
+    }
+    cp_async_wait<0>();
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(len));
   const float hs = 0.5f * p.scale, hb = 0.5f * bias;
-  const int nkb = (len + BC - 1) / BC;
-
-  auto load_kv = [&](int blk) {
-    const int kn = blk * BC, st = blk % STAGES;
-    load_tile<BC, D, NT>(sK + st * BC * D, k + kn * p.k_stride[1], p.k_stride[1], len - kn, tid);
-    load_tile<BC, D, NT>(sV + st * BC * D, v + kn * p.v_stride[1], p.v_stride[1], len - kn, tid);
+  auto wait_full = [&](int blk) {
+    mbar_wait(full0 + 8 * (blk % STAGES), (blk / STAGES) & 1);
+    fence_proxy_async();  // cp.async writes -> tensor-core reads
   };
-  load_tile<BR, D, NT>(sQ, q + q0 * p.q_stride[1], p.q_stride[1], len - q0, tid);
-  load_kv(0);
-  cp_async_commit();
-  if (nkb > 1) {
-    load_kv(1);
-    cp_async_commit();
-    cp_async_wait<1>();
-  } else {
-    cp_async_wait<0>();
-  }
-  fence_proxy_async();  // cp.async writes -> tensor-core reads
-  __syncthreads();
 
   // Zeroed by volatile asm so the compiler cannot sink it past the first wgmma (ptxas C7515).
   float acc[D / 2];
@@ -85,7 +137,7 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
   for (int i = 0; i < D / 2; ++i) asm volatile("mov.b32 %0, 0;\n" : "=f"(acc[i]));
   const T* sQw = sQ + wg * 64 * 64;  // this warpgroup's 64 rows (in each column half)
 
-  // S = Q K^T (64 x 128 per warpgroup), issued asynchronously.
+  // S = Q K^T (64 x BC per warpgroup), issued asynchronously.
   auto issue_s = [&](float(&s)[BC / 2], int blk) {
     const T* cK = sK + (blk % STAGES) * BC * D;
     wgmma_fence();
@@ -97,25 +149,13 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
     }
     wgmma_commit();
   };
-  // One key block: S_j is in s (issued), S_{j+1} goes to s_next while P_j is computed.
-  auto step = [&](int j, float(&s)[BC / 2], float(&s_next)[BC / 2]) {
-    if (j + 1 < nkb) {
-      cp_async_wait<0>();  // block j+1 landed
-      fence_proxy_async();
-    }
-    // Block j+1 visible; every warpgroup has retired PV_{j-2}, so block j-2's stage is free.
-    // PV_{j-1} may still run through the barrier and the next loads.
-    __syncthreads();
-    if (j + 2 < nkb) {
-      load_kv(j + 2);
-      cp_async_commit();
-    }
-    wgmma_wait<0>();  // S_j and PV_{j-1} done (ptxas needs a full wait before reading S_j)
-    if (j + 1 < nkb) issue_s(s_next, j + 1);
-
+  auto release = [&](int blk) {  // this warp is done with block blk's stage
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty0 + 8 * (blk % STAGES));
+  };
+  auto sigmoid_p = [&](uint32_t(&pf)[BC / 16][4], const float(&s)[BC / 2], int j) {
     const int kbase = j * BC;
     const bool partial = kbase + BC > len;
-    uint32_t pf[BC / 16][4];
 #pragma unroll
     for (int n = 0; n < BC / 8; ++n) {
       float pv[4];
@@ -127,7 +167,9 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
       pf[n / 2][(n & 1) * 2 + 0] = Traits<T>::pack(pv[0], pv[1]);
       pf[n / 2][(n & 1) * 2 + 1] = Traits<T>::pack(pv[2], pv[3]);
     }
-    // O += P V: k = 16 keys per step (2048 bytes of V), N = D across the column halves.
+  };
+  // O += P V: k = 16 keys per step (2048 bytes of V), N = D across the column halves.
+  auto issue_pv = [&](const uint32_t(&pf)[BC / 16][4], int j) {
     const T* cV = sV + (j % STAGES) * BC * D;
     wgmma_fence();
 #pragma unroll
@@ -135,7 +177,18 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
     wgmma_commit();
   };
 
+  // One key block: S_j is in s (issued), S_{j+1} goes to s_next while P_j is computed.
+  auto step = [&](int j, float(&s)[BC / 2], float(&s_next)[BC / 2]) {
+    if (j + 1 < nkb) wait_full(j + 1);
+    wgmma_wait<0>();  // S_j and PV_{j-1} done (ptxas needs a full wait before reading S_j)
+    if (j > 0) release(j - 1);
+    if (j + 1 < nkb) issue_s(s_next, j + 1);
+    uint32_t pf[BC / 16][4];
+    sigmoid_p(pf, s, j);
+    issue_pv(pf, j);
+  };
   float sa[BC / 2], sb[BC / 2];
+  wait_full(0);
   issue_s(sa, 0);
   for (int j = 0; j < nkb; j += 2) {
     step(j, sa, sb);
@@ -157,9 +210,9 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
 
 template <typename T, int D>
 void launch(const AttnParams& p, cudaStream_t stream) {
-  constexpr int BC = kBC<D>;
-  const size_t smem = static_cast<size_t>(BR + 2 * STAGES * BC) * D * sizeof(T) + 1024;
-  auto kernel = fwd_kernel<T, D>;
+  constexpr int BC = kBC<D>, STAGES = 4;
+  const size_t smem = static_cast<size_t>(BR + 2 * STAGES * BC) * D * sizeof(T) + 16 * STAGES + 1024;
+  auto kernel = fwd_kernel<T, D, BC, STAGES>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   dim3 grid((p.N + BR - 1) / BR, p.H, p.B);
   kernel<<<grid, NT, smem, stream>>>(p);
