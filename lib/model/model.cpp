@@ -99,11 +99,24 @@ AttentionImpl::AttentionImpl(const ModelConfig& c) : c_(c), sigmoid_(c.attention
   }
 }
 
+// Linear layers see [B*N, d]: a 2-D input takes addmm, whose cuBLASLt path adds the bias
+// in the GEMM epilogue; for 3-D inputs at::linear here ran matmul + a broadcast add_.
+static torch::Tensor linear_2d(torch::nn::Linear& l, const torch::Tensor& x) {
+  if (x.dim() == 2) return l(x);
+  auto sizes = x.sizes().vec();
+  auto y = l(x.reshape({-1, sizes.back()}));
+  sizes.back() = y.size(1);
+  return y.view(sizes);
+}
+
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
   const int64_t B = x.size(0), N = x.size(1), H = c_.n_heads, Dh = c_.head_dim();
-  auto fused = qkv(x).view({B, N, 3, H, Dh});
-  // Strided views [B, N, H, Dh] into the fused projection: no copies.
-  auto q = fused.select(2, 0), k = fused.select(2, 1), v = fused.select(2, 2);
+  auto fused = linear_2d(qkv, x).view({B, N, 3, H, Dh});
+  // Strided views [B, N, H, Dh] into the fused projection: no copies. unbind, not three
+  // selects: its backward stacks dq, dk, dv into one buffer, where each select's backward
+  // would zero-fill a full [B, N, 3, H, Dh] tensor and the three would then be summed.
+  auto views = fused.unbind(2);
+  torch::Tensor q = views[0], k = views[1], v = views[2];
   if (c_.qk_norm) {
     // Under autocast LayerNorm returns float32: bring q, k back to v's dtype.
     q = q_norm(q).to(v.scalar_type());
@@ -123,7 +136,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
             .transpose(1, 2)
             .reshape({B, N, c_.d_model});
   }
-  return proj(o);
+  return linear_2d(proj, o);
 }
 
 // ---- Feed-forward and block ------------------------------------------------------
@@ -133,7 +146,9 @@ FeedForwardImpl::FeedForwardImpl(const ModelConfig& c) {
   fc2 = register_module("fc2", torch::nn::Linear(c.d_ff, c.d_model));
 }
 
-torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) { return fc2(torch::gelu(fc1(x))); }
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
+  return linear_2d(fc2, torch::gelu(linear_2d(fc1, x)));
+}
 
 BlockImpl::BlockImpl(const ModelConfig& c) : pre_ln_(c.norm == "pre"), dropout_(c.dropout) {
   auto o = torch::nn::LayerNormOptions({c.d_model}).eps(c.ln_eps);

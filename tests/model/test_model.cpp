@@ -247,3 +247,36 @@ TEST(Modules, ShapesAndGradients) {
     }
   }
 }
+
+// The fast paths (linear on [B*N, d], unbind of the fused qkv) equal the plain forms
+// (at::linear on [B, N, d], three selects), outputs and gradients.
+TEST(Modules, FlattenedLinearAndUnbindMatchPlainForms) {
+  torch::manual_seed(0);
+  ModelConfig c = tiny();
+  model::Attention a(c);
+  model::FeedForward f(c);
+  auto x = torch::randn({2, 5, c.d_model}, torch::requires_grad());
+  model::AttentionContext ctx;
+  ctx.lengths = torch::tensor({5, 5}, torch::kInt);
+  auto plain_attention = [&](const torch::Tensor& in) {
+    const int64_t H = c.n_heads, Dh = c.head_dim();
+    auto fused = torch::nn::functional::linear(in, a->qkv->weight, a->qkv->bias).view({2, 5, 3, H, Dh});
+    auto q = fused.select(2, 0).transpose(1, 2), k = fused.select(2, 1).transpose(1, 2),
+         v = fused.select(2, 2).transpose(1, 2);
+    auto o = at::scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape({2, 5, c.d_model});
+    return torch::nn::functional::linear(o, a->proj->weight, a->proj->bias);
+  };
+  auto plain_ffn = [&](const torch::Tensor& in) {
+    auto h = torch::gelu(torch::nn::functional::linear(in, f->fc1->weight, f->fc1->bias));
+    return torch::nn::functional::linear(h, f->fc2->weight, f->fc2->bias);
+  };
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> pairs{{a(x, ctx), plain_attention(x)},
+                                                             {f(x), plain_ffn(x)}};
+  for (auto& [fast, plain] : pairs) {
+    EXPECT_TRUE(torch::allclose(fast, plain, 1e-6, 1e-6));
+    auto g = torch::randn_like(fast);
+    auto gf = torch::autograd::grad({fast}, {x}, {g}, /*retain_graph=*/true)[0];
+    auto gp = torch::autograd::grad({plain}, {x}, {g}, /*retain_graph=*/true)[0];
+    EXPECT_TRUE(torch::allclose(gf, gp, 1e-6, 1e-6));
+  }
+}
