@@ -1,5 +1,11 @@
 // bench-train: steady-state training throughput on synthetic full-length sequences.
+#include <torch/csrc/autograd/profiler_kineto.h>
+
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <map>
+#include <set>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -37,6 +43,76 @@ data::Batch synthetic_batch(int64_t B, int64_t L, int64_t vocab, int64_t n_bins,
     }
   }
   return b;
+}
+
+// SCTRAIN_PROFILE=n: Kineto over n more steps; prints GPU time per kernel name, the
+// GPU busy time and the wall time per step.
+template <class Micro>
+void profile_steps(Engine& engine, Micro&& micro, int n) {
+  namespace prof = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  if (n <= 0) return;
+  prof::ProfilerConfig pc(torch::profiler::impl::ProfilerState::KINETO, /*report_input_shapes=*/true);
+  const std::set<ActivityType> acts{ActivityType::CPU, ActivityType::CUDA};
+  prof::prepareProfiler(pc, acts);
+  prof::enableProfiler(pc, acts);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < n; ++i) engine.train_step(micro(1000 + i));
+  engine.synchronize();
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto result = prof::disableProfiler();
+  // CPU op (name, input shapes and dtypes) by correlation id: which op launched a kernel.
+  std::map<uint64_t, std::string> op_of;
+  for (const auto& ev : result->events()) {
+    if (ev.deviceType() != c10::DeviceType::CPU) continue;
+    std::string d = ev.name();
+    if (ev.hasShapes()) {
+      auto sh = ev.shapes();
+      auto ty = ev.hasTypes() ? ev.dtypes() : c10::ArrayRef<std::string>();
+      for (size_t i = 0; i < sh.size(); ++i) {
+        d += " [";
+        for (size_t j = 0; j < sh[i].size(); ++j) d += (j ? "," : "") + std::to_string(sh[i][j]);
+        d += "]";
+        if (i < ty.size()) d += ty[i].substr(0, 8);
+      }
+    }
+    op_of[ev.correlationId()] = d;
+  }
+  std::map<std::string, std::map<std::string, double>> ops_of_kernel;  // kernel -> op -> ns
+  std::map<std::string, std::pair<double, int64_t>> by_name;  // ns, count
+  double busy = 0;
+  uint64_t first = UINT64_MAX, last = 0;
+  for (const auto& ev : result->events()) {
+    if (ev.deviceType() != c10::DeviceType::CUDA) continue;
+    const double ns = static_cast<double>(ev.durationNs());
+    auto it = op_of.find(ev.linkedCorrelationId());
+    ops_of_kernel[ev.name().substr(0, 110)][it == op_of.end() ? "?" : it->second.substr(0, 200)] +=
+        static_cast<double>(ev.durationNs());
+    auto& slot = by_name[ev.name().substr(0, 110)];
+    slot.first += ns;
+    slot.second += 1;
+    busy += ns;
+    first = std::min<uint64_t>(first, ev.startNs());
+    last = std::max<uint64_t>(last, ev.endNs());
+  }
+  std::vector<std::pair<double, std::string>> rows;
+  for (const auto& [k, v] : by_name) rows.emplace_back(v.first, k);
+  std::sort(rows.rbegin(), rows.rend());
+  std::printf("profile: %d steps, wall %.2f ms/step, GPU kernels %.2f ms/step, GPU span %.2f ms/step, %zu kernel names\n",
+              n, wall * 1e3 / n, busy * 1e-6 / n, (last - first) * 1e-6 / n, rows.size());
+  for (size_t i = 0; i < rows.size() && i < 45; ++i)
+    std::printf("  %8.3f ms %5.1f%% x%-5lld %s\n", rows[i].first * 1e-6 / n, 100.0 * rows[i].first / busy,
+                static_cast<long long>(by_name[rows[i].second].second / n), rows[i].second.c_str());
+  // The ops behind the 15 costliest kernels.
+  for (size_t i = 0; i < rows.size() && i < 15; ++i) {
+    std::vector<std::pair<double, std::string>> ops;
+    for (const auto& [op, ns] : ops_of_kernel[rows[i].second]) ops.emplace_back(ns, op);
+    std::sort(ops.rbegin(), ops.rend());
+    std::printf("kernel %s\n", rows[i].second.substr(0, 70).c_str());
+    for (size_t j = 0; j < ops.size() && j < 4; ++j)
+      std::printf("    %8.3f ms  %s\n", ops[j].first * 1e-6 / n, ops[j].second.c_str());
+  }
+  std::fflush(stdout);
 }
 
 }  // namespace
@@ -85,6 +161,7 @@ int bench_train(Config cfg, const BenchOptions& o) {
     }
     engine.synchronize();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (const char* e = std::getenv("SCTRAIN_PROFILE")) profile_steps(engine, micro, std::atoi(e));
     tps = static_cast<double>(tokens) / secs;
     tflops = flops / secs / 1e12;
     mem = engine.peak_memory_gib();
