@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -99,12 +100,50 @@ AttentionImpl::AttentionImpl(const ModelConfig& c) : c_(c), sigmoid_(c.attention
   }
 }
 
+namespace {
+
+struct LinearGemmGrads : public torch::autograd::Function<LinearGemmGrads> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& w, const torch::Tensor& b) {
+    ctx->save_for_backward({x, w});
+    return at::addmm(b, x, w.t());  // bias in the cuBLASLt epilogue on CUDA
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w = saved[1];
+    auto dy = grads[0].contiguous();
+    torch::Tensor dx, dw, db;
+    if (ctx->needs_input_grad(0)) dx = dy.mm(w);
+    if (ctx->needs_input_grad(1)) dw = dy.t().mm(x);
+    if (ctx->needs_input_grad(2)) db = torch::ones({1, dy.size(0)}, dy.options()).mm(dy).view({-1});
+    return {dx, dw, db};
+  }
+};
+
+}  // namespace
+
+torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  const auto dev = x.device().type();
+  if (at::autocast::is_autocast_enabled(dev)) {
+    const auto t = at::autocast::get_autocast_dtype(dev);
+    return LinearGemmGrads::apply(at::autocast::cached_cast(t, x, dev), at::autocast::cached_cast(t, w, dev),
+                                  at::autocast::cached_cast(t, b, dev));
+  }
+  return LinearGemmGrads::apply(x, w, b);
+}
+
 // Linear layers see [B*N, d]: a 2-D input takes addmm, whose cuBLASLt path adds the bias
 // in the GEMM epilogue; for 3-D inputs at::linear here ran matmul + a broadcast add_.
+// On CUDA, linear_gemm_grads also makes the bias and weight gradients cheaper.
 static torch::Tensor linear_2d(torch::nn::Linear& l, const torch::Tensor& x) {
-  if (x.dim() == 2) return l(x);
+  auto apply = [&](const torch::Tensor& x2) {
+    if (x2.is_cuda() && l->bias.defined()) return linear_gemm_grads(x2, l->weight, l->bias);
+    return l(x2);
+  };
+  if (x.dim() == 2) return apply(x);
   auto sizes = x.sizes().vec();
-  auto y = l(x.reshape({-1, sizes.back()}));
+  auto y = apply(x.reshape({-1, sizes.back()}));
   sizes.back() = y.size(1);
   return y.view(sizes);
 }

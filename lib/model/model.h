@@ -32,6 +32,12 @@ struct Inputs {
 };
 Inputs to_inputs(const data::Batch& b, const torch::Device& device);
 
+// y = x W^T + b for 2-D x [M, K], whose backward takes the bias gradient as a GEMM
+// (ones[1, M] dy) rather than a column reduction, and the weight gradient as dy^T x
+// (contiguous, no transposed copy). Under autocast on x's device, casts x, W, b first
+// (W and b through the autocast weight cache). Used for CUDA inputs.
+torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
+
 // What the attention layers share in one forward pass.
 struct AttentionContext {
   torch::Tensor lengths;   // [B] int32 on the device

@@ -280,3 +280,23 @@ TEST(Modules, FlattenedLinearAndUnbindMatchPlainForms) {
     EXPECT_TRUE(torch::allclose(gf, gp, 1e-6, 1e-6));
   }
 }
+
+// linear_gemm_grads (the CUDA path of the blocks' linear layers) equals at::linear: output and
+// the gradients of input, weight and bias.
+TEST(Modules, LinearGemmGradsMatchesLinear) {
+  torch::manual_seed(0);
+  auto x = torch::randn({7, 5}, torch::requires_grad());
+  auto w = torch::randn({3, 5}, torch::requires_grad());
+  auto b = torch::randn({3}, torch::requires_grad());
+  auto g = torch::randn({7, 3});
+  auto fast = model::linear_gemm_grads(x, w, b);
+  auto plain = torch::nn::functional::linear(x, w, b);
+  EXPECT_TRUE(torch::allclose(fast, plain, 1e-6, 1e-6));
+  auto gf = torch::autograd::grad({fast}, {x, w, b}, {g});
+  auto gp = torch::autograd::grad({plain}, {x, w, b}, {g});
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(torch::allclose(gf[i], gp[i], 1e-5, 1e-6)) << i;
+  // Only the weight needs a gradient: the others are skipped.
+  auto x2 = torch::randn({7, 5});
+  auto gw = torch::autograd::grad({model::linear_gemm_grads(x2, w, b.detach())}, {w}, {g})[0];
+  EXPECT_TRUE(torch::allclose(gw, g.t().mm(x2), 1e-5, 1e-6));
+}
