@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The peer for `sctrain bench-train`: Hugging Face BertForMaskedLM of our 160m size
+"""The peer for `sctrain bench train`: Hugging Face BertForMaskedLM of our 160m size
 (12 layers x 1024, 16 heads, FFN 4096, vocab 32000), SDPA attention, bf16 autocast,
 AdamW (fused, no decay on biases/LayerNorms), trained the same way on random tokens:
 15% of positions carry labels, full-length sequences, no padding, dropout 0.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Training throughput, ours vs the Hugging Face BERT peer, at the 160m size
 # (12 x 1024, 16 heads, FFN 4096, vocab 32000, bf16 autocast, AdamW), on one GPU:
-#   ours:  build/sctrain bench-train, softmax and sigmoid attention, 8 x 2048 and 2 x 8192
+#   ours:  build/sctrain bench train, softmax and sigmoid attention, 8 x 2048 and 2 x 8192
 #          (8K rows use configs/160m-8k-stress.yaml settings: no gradient clipping)
 #   peer:  scripts/bench_bert.py (BertForMaskedLM, attn_implementation="sdpa")
 # Prints a table with tokens/s, TFLOP/s, peak memory and ours/peer ratios; all JSON lines
@@ -48,7 +48,7 @@ for shape in $shapes; do
   if [ "$l" -ge 8192 ]; then clip=0; else clip=1.0; fi
   for attn in softmax sigmoid; do
     echo "== sctrain $config $attn ${b}x${l}" >&2
-    "$build/sctrain" bench-train --config "$config" --batch-size "$b" --seq-len "$l" \
+    "$build/sctrain" bench train --config "$config" --batch-size "$b" --seq-len "$l" \
       --steps "$steps" --warmup "$warmup" --vocab "$vocab" \
       --set model.attention="$attn" --set train.max_grad_norm="$clip" --json "$results" ||
       echo "   (failed: exit $?)" >&2

@@ -1,4 +1,4 @@
-// bench-train: steady-state training throughput on synthetic full-length sequences.
+// bench train: steady-state training throughput on synthetic full-length sequences.
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <algorithm>
@@ -133,7 +133,7 @@ int bench_train(Config cfg, const BenchOptions& o) {
     Engine engine(cfg);
     params = engine.num_parameters();
     device = engine.device().str();
-    log::info(str("bench-train: ", cfg.model.n_layers, "x", cfg.model.d_model, " (", params,
+    log::info(str("bench train: ", cfg.model.n_layers, "x", cfg.model.d_model, " (", params,
                   " parameters), ", cfg.model.attention, " attention, ", o.batch_size, " x ", o.seq_len,
                   " tokens, grad_accum ", cfg.train.grad_accum, ", ", device,
                   engine.autocast() ? " bf16 autocast" : " fp32",
@@ -168,7 +168,7 @@ int bench_train(Config cfg, const BenchOptions& o) {
     step_ms = secs / static_cast<double>(o.steps) * 1e3;
   } catch (const c10::OutOfMemoryError& e) {
     status = "oom";
-    log::error(str("bench-train: out of memory: ", e.what_without_backtrace()));
+    log::error(str("bench train: out of memory: ", e.what_without_backtrace()));
   }
 
   json::Writer w;

@@ -1,4 +1,4 @@
-// One model, its optimizer and schedule on one device: what `pretrain` and `bench-train`
+// One model, its optimizer and schedule on one device: what `pretrain` and `bench train`
 // drive. Includes LibTorch: include from .cpp files only.
 #pragma once
 #include <torch/torch.h>

@@ -1,4 +1,4 @@
-// `sctrain pretrain` and `sctrain bench-train`, as library calls (no LibTorch here).
+// `sctrain pretrain` and `sctrain bench train`, as library calls (no LibTorch here).
 #pragma once
 #include <cstdint>
 #include <string>
