@@ -3,9 +3,10 @@
 // Warpgroup w, its keys Kw (64 rows), per step (transposed, keys x queries):
 //   S^T = Kw Q^T, dP^T = Vw dO^T          wgmma m64n64, A and B K-major in shared memory
 //   P^T, dS^T = scale * dP^T P^T (1-P^T)  registers; dS^T also to shared memory
-//   dVw += P^T dO, dKw += dS^T Q          wgmma m64nD, A from registers, B MN-major
 //   dQ += dS K                            wgmma m64n(D/2) over all 128 keys, each warpgroup half of the
 //                                         columns; A = dS^T and B = K MN-major; 16-byte fp32 atomics
+//   dVw += P^T dO, dKw += dS^T Q          wgmma m64nD, A from registers, B MN-major, issued after dQ
+//                                         so that dQ's atomics run under them
 #include "kernels/attention_cuda.h"
 #include "kernels/sm90_common.cuh"
 
@@ -117,16 +118,9 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p) {
         *reinterpret_cast<uint32_t*>(sdS + tile_off<BC>(krow + 8, c)) = dsf[n / 2][(n & 1) * 2 + 1];
       }
 
-      // dV += P^T dO, dK += dS^T Q: k = 16 queries per step (2048 bytes), N = D across column halves.
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dva, pf[kk], desc(cdO + kk * 16 * 64, BR * 128, 1024));
-#pragma unroll
-      for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dka, dsf[kk], desc(cQ + kk * 16 * 64, BR * 128, 1024));
-      wgmma_commit();
-
       // dQ (64 queries x D) += dS K over all 128 keys; warpgroup w takes columns [w*D/2, (w+1)*D/2).
       // A = dS^T (MN-major), B = K (MN-major, starting inside the swizzle atom at d64).
+      // Then dV += P^T dO, dK += dS^T Q: k = 16 queries per step (2048 bytes), N = D across column halves.
       fence_proxy_async();  // sdS written by ordinary stores, read by the tensor cores
       __syncthreads();      // dS^T of all 128 keys complete
       {
@@ -138,11 +132,18 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p) {
         for (int kk = 0; kk < BC / 16; ++kk)
           mma_ss_tt<T, NQ>(dqa, desc(sdS + kk * 16 * 64, 8192, 1024), desc(sKc + kk * 16 * 64, 8192, 1024), kk > 0);
         wgmma_commit();
-        wgmma_wait<0>();
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dva, pf[kk], desc(cdO + kk * 16 * 64, BR * 128, 1024));
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dka, dsf[kk], desc(cQ + kk * 16 * 64, BR * 128, 1024));
+        wgmma_commit();
+        wgmma_wait<1>();  // dQ done; dV/dK still on the tensor cores under the atomics
         atomic_add_tile(dq, o_row, dqa, i * BR + wi * 16, wg * NQ, len, lane);
+        wgmma_wait<0>();
       }
       __syncthreads();  // stage and sdS free for the next step
     }
+    wgmma_wait<0>();  // nothing in flight past the loop
   }
 
   const bool v0 = kr0 < len, v1 = kr1 < len;
