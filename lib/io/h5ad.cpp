@@ -111,7 +111,6 @@ struct Matrix::Impl {
   std::optional<RawDataset> raw_data, raw_indices;  // direct reads where storage allows
   std::vector<int64_t> indptr;
   Handle dense;           // dense
-  bool sorted_checked = false;
 
   [[noreturn]] void fail(const MatrixInfo& info, const std::string& problem) const {
     throw H5adError(file_path, info.h5path, problem);
