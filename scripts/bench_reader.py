@@ -10,8 +10,8 @@ optionally gzip. Then, for each reader and mode, runs one fresh process and repo
 "At start" is each process's resident memory before it opens the file (sctrain's includes the
 LibTorch libraries it is linked with; anndata's the Python imports): the reading costs the difference.
 
-Usage: python3 scripts/bench_reader.py --sctrain build/sctrain [--cells 200000] [--gzip]
-Needs anndata, numpy, scipy in the running Python.
+Usage: $(scripts/setup_peers.sh) scripts/bench_reader.py --sctrain build/sctrain [--cells 200000] [--gzip]
+Needs anndata, numpy, scipy in the running Python (scripts/setup_peers.sh installs them).
 """
 import argparse
 import json

@@ -9,7 +9,7 @@
 #   scripts/bench_tokenize.sh [FILE.h5ad]     (default ../shared/data/kang_pbmc_ctrl.h5ad,
 #                                              else data/pbmc3k_seurat.h5ad)
 # Environment: SCTRAIN (default build/sctrain), PYTHON (a Python with anndata; default
-# python3), MAX_LEN (2048), BATCH (32), REPEATS (3).
+# .deps/peers/bin/python from scripts/setup_peers.sh), MAX_LEN (2048), BATCH (32), REPEATS (3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FILE=${1:-}
@@ -18,8 +18,7 @@ if [[ -z "$FILE" ]]; then
   [[ -f "$FILE" ]] || FILE=data/pbmc3k_seurat.h5ad
 fi
 SCTRAIN=${SCTRAIN:-build/sctrain}
-PYTHON=${PYTHON:-python3}
-[[ -x "$PYTHON" ]] || PYTHON=python3
+PYTHON=${PYTHON:-$("$(dirname "$0")/setup_peers.sh")}
 MAX_LEN=${MAX_LEN:-2048}
 BATCH=${BATCH:-32}
 REPEATS=${REPEATS:-3}
