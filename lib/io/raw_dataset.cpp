@@ -1,7 +1,11 @@
 #include "io/raw_dataset.h"
 
 #include <unistd.h>
+#ifdef SCTRAIN_HAVE_LIBDEFLATE
+#include <libdeflate.h>
+#else
 #include <zlib.h>
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -17,6 +21,12 @@
 #include "io/lzf_filter.h"
 
 namespace sctrain::io {
+
+namespace {
+thread_local int serial_inflate_depth = 0;  // > 0: this thread's reads inflate on this thread
+}
+SerialInflate::SerialInflate() { ++serial_inflate_depth; }
+SerialInflate::~SerialInflate() { --serial_inflate_depth; }
 
 constexpr int kLzfFilter = 32000;
 constexpr size_t kChunkCacheBytes = 64ull << 20;  // inflated chunks kept per dataset
@@ -119,6 +129,26 @@ void convert(const unsigned char* src, int64_t n, T* out) {
   }
 }
 
+// Inflates a zlib stream (HDF5's deflate filter) into out[0, cap); returns the inflated length.
+size_t inflate_zlib(const unsigned char* in, size_t n, unsigned char* out, size_t cap, int64_t chunk) {
+#ifdef SCTRAIN_HAVE_LIBDEFLATE
+  struct Free {
+    void operator()(libdeflate_decompressor* d) const { libdeflate_free_decompressor(d); }
+  };
+  thread_local std::unique_ptr<libdeflate_decompressor, Free> d(libdeflate_alloc_decompressor());
+  if (!d) throw std::bad_alloc();
+  size_t len = 0;
+  if (libdeflate_zlib_decompress(d.get(), in, n, out, cap, &len) != LIBDEFLATE_SUCCESS)
+    throw std::runtime_error("corrupt deflate chunk " + std::to_string(chunk));
+  return len;
+#else
+  uLongf len = static_cast<uLongf>(cap);
+  if (uncompress(out, &len, in, static_cast<uLong>(n)) != Z_OK)
+    throw std::runtime_error("corrupt deflate chunk " + std::to_string(chunk));
+  return len;
+#endif
+}
+
 void pread_all(int fd, unsigned char* buf, size_t bytes, haddr_t at) {
   while (bytes > 0) {
     ssize_t got = ::pread(fd, buf, bytes, static_cast<off_t>(at));
@@ -145,10 +175,7 @@ RawDataset::Chunk RawDataset::load_chunk(int64_t c) const {
       if (chunk_mask_[c] & (1u << i)) continue;
       std::vector<unsigned char> plain(full);
       if (filters_[i] == H5Z_FILTER_DEFLATE) {
-        uLongf len = static_cast<uLongf>(full);
-        if (uncompress(plain.data(), &len, stored.data(), static_cast<uLong>(stored.size())) != Z_OK)
-          throw std::runtime_error("corrupt deflate chunk " + std::to_string(c));
-        plain.resize(len);
+        plain.resize(inflate_zlib(stored.data(), stored.size(), plain.data(), plain.size(), c));
       } else {
         size_t len = lzf_decompress(stored.data(), stored.size(), plain.data(), plain.size());
         if (len == 0) throw std::runtime_error("corrupt lzf chunk " + std::to_string(c));
@@ -229,7 +256,7 @@ void RawDataset::read(const std::vector<std::pair<int64_t, int64_t>>& ranges, T*
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   std::vector<Chunk> chunks(ids.size());
-  const size_t n_threads = std::min<size_t>(std::max(1u, std::thread::hardware_concurrency()), (ids.size() + 3) / 4);
+  const size_t n_threads = serial_inflate_depth > 0 ? 1 : std::min<size_t>(std::max(1u, std::thread::hardware_concurrency()), (ids.size() + 3) / 4);
   if (n_threads <= 1) {
     for (size_t i = 0; i < ids.size(); ++i) chunks[i] = load_chunk(ids[i]);
   } else {

@@ -1,6 +1,7 @@
 // Direct reads of a 1-D numeric dataset from the file with pread, bypassing HDF5, where its
 // storage allows: contiguous, or chunked, plain or compressed with deflate (gzip) or lzf;
 // little-endian. No HDF5 call after probe, so threads read (and inflate) in parallel.
+// Deflate is undone by libdeflate when the build found it (SCTRAIN_LIBDEFLATE), else zlib.
 #pragma once
 #include <hdf5.h>
 
@@ -11,6 +12,15 @@
 #include <vector>
 
 namespace sctrain::io {
+
+// While one exists, reads on the thread that made it inflate their chunks on that thread
+// (for callers that already read on several threads of their own).
+struct SerialInflate {
+  SerialInflate();
+  ~SerialInflate();
+  SerialInflate(const SerialInflate&) = delete;
+  SerialInflate& operator=(const SerialInflate&) = delete;
+};
 
 class RawDataset {
  public:
