@@ -6,7 +6,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 apt_pkgs=(cmake ninja-build g++ python3 python3-venv libhdf5-dev libyaml-cpp-dev libspdlog-dev
-          libcli11-dev libgtest-dev)
+          libcli11-dev libgtest-dev libdeflate-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
