@@ -319,7 +319,6 @@ void Loader::Impl::tokenize_all(const PreparedCorpus& corpus) {
     std::vector<std::exception_ptr> errors(T);
     auto work = [&](int p) {
       try {
-        CellGenes cg;
         TokenizedCell tk;
         const int64_t lo = n * p / T, hi = n * (p + 1) / T;
         int src = 0;
@@ -333,10 +332,8 @@ void Loader::Impl::tokenize_all(const PreparedCorpus& corpus) {
           }
           if (!role[id] || g.offsets[id + 1] == g.offsets[id]) continue;
           while (id >= corpus.sources[src].first_cell + corpus.sources[src].n_cells) ++src;
-          cg.tokens.assign(g.tokens.begin() + g.offsets[id], g.tokens.begin() + g.offsets[id + 1]);
-          cg.values.assign(g.values.begin() + g.offsets[id], g.values.begin() + g.offsets[id + 1]);
-          cg.total = g.totals[id];
-          tokenize_cell(cg, corpus.gene_medians, tok, tk);
+          const size_t a = g.offsets[id], len = g.offsets[id + 1] - a;
+          tokenize_cell({g.tokens.data() + a, len}, {g.values.data() + a, len}, g.totals[id], corpus.gene_medians, tok, tk);
           (role[id] == 1 ? part_train[p] : part_val[p]).add(id, src, tk);
         }
       } catch (...) {

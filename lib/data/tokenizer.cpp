@@ -77,73 +77,79 @@ void expression_bins(std::span<const float> values, int32_t n_bins, std::vector<
 
 namespace {
 
-// A gene of a cell with its order key: ascending key = descending score. Scores are positive
-// finite doubles, whose bit patterns order like the values, so key = ~bits(score).
-struct Keyed {
-  uint64_t key;
-  int32_t token;
-  int32_t index;
-};
-
-// LSD radix sort by key, 8 bits a pass (passes where all keys share the byte are skipped),
-// then runs of equal keys put in token order. Same result as sorting by (key, token).
-void sort_keyed(std::vector<Keyed>& a, std::vector<Keyed>& tmp) {
-  const size_t n = a.size();
+// Positions 0..n-1 of a cell's genes ordered by (key ascending, token ascending), written to
+// the low 32 bits of a[0..n). key = ~bits(score): positive finite scores order like their bit
+// patterns, so ascending key = descending score.
+// LSD radix sort of 8-byte items (top 32 key bits << 32 | position), 8 bits a pass (passes
+// where all items share the byte are skipped); then runs sharing the top 32 bits (exact ties
+// and scores within ~1e-6 of each other) are ordered by the full key and the token.
+void order_genes(const uint64_t* key, const int32_t* token, int64_t n, std::vector<uint64_t>& a,
+                 std::vector<uint64_t>& tmp) {
+  constexpr uint64_t kHigh = 0xFFFFFFFF00000000ULL;
+  a.resize(n);
+  for (int64_t i = 0; i < n; ++i) a[i] = (key[i] & kHigh) | static_cast<uint64_t>(i);
+  auto before = [key, token](uint64_t x, uint64_t y) {
+    const uint32_t i = static_cast<uint32_t>(x), j = static_cast<uint32_t>(y);
+    return key[i] < key[j] || (key[i] == key[j] && token[i] < token[j]);
+  };
   if (n < 64) {
-    std::sort(a.begin(), a.end(), [](const Keyed& x, const Keyed& y) {
-      return x.key < y.key || (x.key == y.key && x.token < y.token);
-    });
+    std::sort(a.begin(), a.end(), before);
     return;
   }
-  uint32_t count[8][256] = {};
-  for (const Keyed& k : a)
-    for (int d = 0; d < 8; ++d) ++count[d][(k.key >> (8 * d)) & 255];
+  uint32_t count[4][256] = {};
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t x = a[i];
+    ++count[0][(x >> 32) & 255];
+    ++count[1][(x >> 40) & 255];
+    ++count[2][(x >> 48) & 255];
+    ++count[3][x >> 56];
+  }
   tmp.resize(n);
-  Keyed* src = a.data();
-  Keyed* dst = tmp.data();
-  for (int d = 0; d < 8; ++d) {
+  uint64_t* src = a.data();
+  uint64_t* dst = tmp.data();
+  for (int d = 0; d < 4; ++d) {
+    const int shift = 32 + 8 * d;
     const uint32_t* c = count[d];
-    if (c[(src[0].key >> (8 * d)) & 255] == n) continue;  // one bucket: nothing moves
+    if (c[(src[0] >> shift) & 255] == static_cast<uint32_t>(n)) continue;  // one bucket: nothing moves
     uint32_t start[256];
     uint32_t sum = 0;
     for (int b = 0; b < 256; ++b) start[b] = sum, sum += c[b];
-    for (size_t i = 0; i < n; ++i) dst[start[(src[i].key >> (8 * d)) & 255]++] = src[i];
+    for (int64_t i = 0; i < n; ++i) dst[start[(src[i] >> shift) & 255]++] = src[i];
     std::swap(src, dst);
   }
   if (src != a.data()) std::copy(src, src + n, a.data());
-  for (size_t i = 0; i < n;) {  // equal scores: smaller token first
-    size_t j = i + 1;
-    while (j < n && a[j].key == a[i].key) ++j;
-    if (j - i > 1) std::sort(a.begin() + i, a.begin() + j, [](const Keyed& x, const Keyed& y) { return x.token < y.token; });
+  for (int64_t i = 0; i < n;) {  // runs sharing the top 32 bits: full key, then token
+    int64_t j = i + 1;
+    while (j < n && (a[j] & kHigh) == (a[i] & kHigh)) ++j;
+    if (j - i > 1) std::sort(a.begin() + i, a.begin() + j, before);
     i = j;
   }
 }
 
 }  // namespace
 
-void tokenize_cell(const CellGenes& cell, std::span<const double> medians, const TokenizeConfig& cfg,
-                   TokenizedCell& out) {
-  const int64_t n = static_cast<int64_t>(cell.tokens.size());
+void tokenize_cell(std::span<const int32_t> tokens, std::span<const float> values, double total,
+                   std::span<const double> medians, const TokenizeConfig& cfg, TokenizedCell& out) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t keep = std::min<int64_t>(n, std::max<int32_t>(cfg.max_len - 1, 0));
-  thread_local std::vector<Keyed> keyed, tmp;
-  keyed.resize(n);
+  thread_local std::vector<uint64_t> key, order, tmp;
+  key.resize(n);
   for (int64_t i = 0; i < n; ++i) {
-    const int32_t t = cell.tokens[i];
-    const double m = medians[t] > 0 ? medians[t] : 1.0;
-    const double score = normalised(cell.values[i], cell.total, cfg.target_sum) / m;
+    const double m = medians[tokens[i]];
+    const double score = normalised(values[i], total, cfg.target_sum) / (m > 0 ? m : 1.0);
     uint64_t bits;
     std::memcpy(&bits, &score, sizeof bits);
-    keyed[i] = {~bits, t, static_cast<int32_t>(i)};
+    key[i] = ~bits;
   }
-  sort_keyed(keyed, tmp);
+  order_genes(key.data(), tokens.data(), n, order, tmp);
   out.genes.resize(keep);
-  for (int64_t i = 0; i < keep; ++i) out.genes[i] = keyed[i].token;
+  for (int64_t i = 0; i < keep; ++i) out.genes[i] = tokens[static_cast<uint32_t>(order[i])];
   out.bins.clear();
   if (cfg.mode == TokenMode::Binned) {
     thread_local std::vector<uint8_t> all_bins;
-    expression_bins(cell.values, cfg.n_bins, all_bins);
+    expression_bins(values, cfg.n_bins, all_bins);
     out.bins.resize(keep);
-    for (int64_t i = 0; i < keep; ++i) out.bins[i] = all_bins[keyed[i].index];
+    for (int64_t i = 0; i < keep; ++i) out.bins[i] = all_bins[static_cast<uint32_t>(order[i])];
   }
 }
 

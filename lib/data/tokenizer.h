@@ -49,8 +49,12 @@ struct TokenizedCell {
 
 // Orders and truncates a cell's genes (max_len-1 kept). medians[token] > 0 for every
 // expressed token (a zero median is treated as 1).
-void tokenize_cell(const CellGenes& cell, std::span<const double> medians, const TokenizeConfig& cfg,
-                   TokenizedCell& out);
+void tokenize_cell(std::span<const int32_t> tokens, std::span<const float> values, double total,
+                   std::span<const double> medians, const TokenizeConfig& cfg, TokenizedCell& out);
+inline void tokenize_cell(const CellGenes& cell, std::span<const double> medians, const TokenizeConfig& cfg,
+                          TokenizedCell& out) {
+  tokenize_cell(cell.tokens, cell.values, cell.total, medians, cfg, out);
+}
 
 // Bins of values (all > 0): bin = 1 + floor((n_bins-1) * #{values < v} / n). Equal values
 // share a bin; the smallest value gets bin 1; n_bins <= 256.

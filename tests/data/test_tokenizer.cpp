@@ -118,3 +118,27 @@ TEST(TokenizeCell, LongCellsMatchAPlainSort) {
     for (size_t i = 0; i < 200; ++i) ASSERT_EQ(t.genes[i], ref[i].second) << "trial " << trial << " position " << i;
   }
 }
+
+// Scores that differ only in their last bits (medians 1 ulp apart) share the radix sort's
+// 32-bit prefix: the full score and then the token must still decide.
+TEST(TokenizeCell, NearTiesOrderedByTheFullScore) {
+  CellGenes c;
+  std::vector<double> med(400, 0.0);
+  for (int32_t t = 5; t < 400; ++t) {
+    med[t] = 1.0;
+    for (int k = 0; k < (t * 7) % 5; ++k) med[t] = std::nextafter(med[t], 2.0);
+    c.tokens.push_back(t);
+    c.values.push_back(static_cast<float>(1 + t % 2));
+  }
+  std::reverse(c.tokens.begin(), c.tokens.end());
+  c.total = 0;
+  for (float v : c.values) c.total += v;
+  std::vector<std::pair<double, int32_t>> ref;
+  for (size_t i = 0; i < c.tokens.size(); ++i)
+    ref.push_back({-(static_cast<double>(c.values[i]) * 1e4 / c.total / med[c.tokens[i]]), c.tokens[i]});
+  std::sort(ref.begin(), ref.end());
+  TokenizedCell t;
+  tokenize_cell(c, med, TokenizeConfig{}, t);
+  ASSERT_EQ(t.genes.size(), ref.size());
+  for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(t.genes[i], ref[i].second) << "position " << i;
+}
