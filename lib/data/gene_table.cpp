@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
-#include <unordered_set>
+#include <cstring>
 
 #include "util/log.h"
 
@@ -22,49 +22,89 @@ void split_into(std::string_view s, char sep, std::vector<std::string_view>& out
   }
 }
 bool is_ensembl(std::string_view s) { return s.size() > 4 && s.substr(0, 3) == "ENS"; }
-}  // namespace
 
-std::string strip_ensembl_version(std::string_view name) {
-  if (is_ensembl(name)) {
-    auto dot = name.rfind('.');
-    if (dot != std::string_view::npos && dot + 1 < name.size()) {
-      bool digits = true;
-      for (size_t i = dot + 1; i < name.size(); ++i) digits &= (name[i] >= '0' && name[i] <= '9');
-      if (digits) return std::string(name.substr(0, dot));
-    }
-  }
-  return std::string(name);
+// "ENSG00000121410.12" -> "ENSG00000121410" (a view of the prefix); other names unchanged.
+std::string_view strip_version(std::string_view name) {
+  if (!is_ensembl(name)) return name;
+  const size_t dot = name.rfind('.');
+  if (dot == std::string_view::npos || dot + 1 == name.size()) return name;
+  for (size_t i = dot + 1; i < name.size(); ++i)
+    if (name[i] < '0' || name[i] > '9') return name;
+  return name.substr(0, dot);
 }
 
+// The names a load indexes: an open-addressing set with a cheap hash, since every symbol,
+// alias and ID of the table (~260k) is tested against the few thousand names in use.
+class NameSet {
+ public:
+  explicit NameSet(const std::vector<std::string>& names) {
+    size_t cap = 16;
+    while (cap < 2 * names.size()) cap *= 2;
+    slots_.assign(cap, std::string_view());
+    mask_ = cap - 1;
+    for (const auto& n : names) {
+      if (n.empty()) continue;
+      size_t i = hash(n) & mask_;
+      while (!slots_[i].empty() && slots_[i] != n) i = (i + 1) & mask_;
+      slots_[i] = n;
+    }
+  }
+  bool contains(std::string_view k) const {
+    for (size_t i = hash(k) & mask_;; i = (i + 1) & mask_) {
+      if (slots_[i].empty()) return false;
+      if (slots_[i] == k) return true;
+    }
+  }
+
+ private:
+  static uint64_t hash(std::string_view s) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ s.size();
+    size_t i = 0;
+    for (; i + 8 <= s.size(); i += 8) {
+      uint64_t w;
+      std::memcpy(&w, s.data() + i, 8);
+      h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+      h ^= h >> 31;
+    }
+    uint64_t w = 0;
+    std::memcpy(&w, s.data() + i, s.size() - i);
+    h = (h ^ w) * 0x94D049BB133111EBULL;
+    return h ^ (h >> 29);
+  }
+  std::vector<std::string_view> slots_;  // views of the caller's names; empty = free
+  size_t mask_ = 0;
+};
+}  // namespace
+
+std::string strip_ensembl_version(std::string_view name) { return std::string(strip_version(name)); }
+
 GeneTable GeneTable::load(const std::string& path, const std::vector<std::string>* only) {
-  std::ifstream in(path, std::ios::binary);
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
   if (!in) throw std::runtime_error(str(path, ": cannot open the gene table"));
   GeneTable t;
-  t.text_.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  t.text_.resize(static_cast<size_t>(in.tellg()));
+  in.seekg(0);
+  if (!in.read(t.text_.data(), static_cast<std::streamsize>(t.text_.size())))
+    throw std::runtime_error(str(path, ": cannot read the gene table"));
   if (t.text_.size() < 64) t.text_.reserve(64);  // keep it on the heap: views survive moves
   std::vector<std::string> wanted_names;     // keys worth indexing (all when `only` is null)
-  std::unordered_set<std::string_view> wanted;
   if (only) {
     wanted_names.reserve(only->size());
     for (const auto& n : *only) wanted_names.push_back(strip_ensembl_version(n));
-    wanted.insert(wanted_names.begin(), wanted_names.end());
   }
-  auto want = [&](std::string_view k) { return !only || wanted.count(k) > 0; };
+  const NameSet wanted(wanted_names);
+  auto want = [&](std::string_view k) { return !only || wanted.contains(k); };
   if (!only) {
     t.by_symbol_.reserve(100000);
     t.by_alias_.reserve(200000);
     t.by_ensembl_.reserve(60000);
   }
   std::string_view all(t.text_);
+  t.canonical_.reserve(std::count(all.begin(), all.end(), '\n') + 1);
   std::vector<std::string_view> parts;
   int64_t lineno = 0;
   int col_symbol = -1, col_ensembl = -1, col_aliases = -1, need = 0;
   std::vector<std::string_view> f;
-  // Ensembl IDs with a version suffix are stored stripped: a view of the prefix.
-  auto stripped = [](std::string_view e) {
-    std::string s = strip_ensembl_version(e);
-    return e.substr(0, s.size());
-  };
   size_t pos = 0;
   while (pos < all.size()) {
     size_t end = all.find('\n', pos);
@@ -94,7 +134,7 @@ GeneTable GeneTable::load(const std::string& path, const std::vector<std::string
       split_into(f[col_ensembl], '|', parts);
       for (auto e : parts) {
         if (e.empty()) continue;
-        std::string_view id = stripped(e);
+        std::string_view id = strip_version(e);  // stored stripped: a view of the prefix
         if (first_ensembl.empty()) first_ensembl = id;
         if (want(id)) t.by_ensembl_.emplace(id, gene);  // first gene in table order wins
       }
@@ -112,8 +152,7 @@ GeneTable GeneTable::load(const std::string& path, const std::vector<std::string
 }
 
 std::optional<std::string> GeneTable::canonical(std::string_view name) const {
-  const std::string stripped = strip_ensembl_version(name);
-  const std::string_view key(stripped);
+  const std::string_view key = strip_version(name);
   if (is_ensembl(key)) {
     auto it = by_ensembl_.find(key);
     if (it != by_ensembl_.end()) return std::string(canonical_[it->second]);
