@@ -161,31 +161,43 @@ void pread_all(int fd, unsigned char* buf, size_t bytes, haddr_t at) {
 
 }  // namespace
 
+void RawDataset::decode_chunk(int64_t c, unsigned char* dst) const {
+  const size_t full = static_cast<size_t>(chunk_len_) * elem_size_;
+  if (chunk_addr_[c] == HADDR_UNDEF) {
+    std::memset(dst, 0, full);
+    return;
+  }
+  thread_local std::vector<unsigned char> stored, mid[2];
+  stored.resize(chunk_bytes_[c]);
+  pread_all(*fd_, stored.data(), stored.size(), chunk_addr_[c]);
+  // Filters undo in reverse pipeline order; a set mask bit means the filter was skipped.
+  std::vector<int> undo;
+  for (int i = static_cast<int>(filters_.size()) - 1; i >= 0; --i)
+    if (!(chunk_mask_[c] & (1u << i))) undo.push_back(filters_[i]);
+  const unsigned char* src = stored.data();
+  size_t len = stored.size();
+  for (size_t k = 0; k < undo.size(); ++k) {
+    unsigned char* to = dst;  // the last filter writes straight into dst
+    if (k + 1 < undo.size()) {
+      mid[k % 2].resize(full);
+      to = mid[k % 2].data();
+    }
+    if (undo[k] == H5Z_FILTER_DEFLATE) {
+      len = inflate_zlib(src, len, to, full, c);
+    } else {
+      len = lzf_decompress(src, len, to, full);
+      if (len == 0) throw std::runtime_error("corrupt lzf chunk " + std::to_string(c));
+    }
+    src = to;
+  }
+  if (len < full) throw std::runtime_error("chunk " + std::to_string(c) + " inflates short");
+  if (undo.empty()) std::memcpy(dst, src, full);
+}
+
 RawDataset::Chunk RawDataset::load_chunk(int64_t c) const {
   if (Chunk hit = cache_->get(c)) return hit;
-  const size_t full = static_cast<size_t>(chunk_len_) * elem_size_;
-  auto out = std::make_shared<std::vector<unsigned char>>();
-  if (chunk_addr_[c] == HADDR_UNDEF) {
-    out->assign(full, 0);
-  } else {
-    std::vector<unsigned char> stored(chunk_bytes_[c]);
-    pread_all(*fd_, stored.data(), stored.size(), chunk_addr_[c]);
-    // Filters undo in reverse pipeline order; a set mask bit means the filter was skipped.
-    for (int i = static_cast<int>(filters_.size()) - 1; i >= 0; --i) {
-      if (chunk_mask_[c] & (1u << i)) continue;
-      std::vector<unsigned char> plain(full);
-      if (filters_[i] == H5Z_FILTER_DEFLATE) {
-        plain.resize(inflate_zlib(stored.data(), stored.size(), plain.data(), plain.size(), c));
-      } else {
-        size_t len = lzf_decompress(stored.data(), stored.size(), plain.data(), plain.size());
-        if (len == 0) throw std::runtime_error("corrupt lzf chunk " + std::to_string(c));
-        plain.resize(len);
-      }
-      stored.swap(plain);
-    }
-    if (stored.size() < full) throw std::runtime_error("chunk " + std::to_string(c) + " inflates short");
-    *out = std::move(stored);
-  }
+  auto out = std::make_shared<std::vector<unsigned char>>(static_cast<size_t>(chunk_len_) * elem_size_);
+  decode_chunk(c, out->data());
   cache_->put(c, out);
   return out;
 }
@@ -249,16 +261,47 @@ void RawDataset::read(const std::vector<std::pair<int64_t, int64_t>>& ranges, T*
     return;
   }
 
-  // Compressed: inflate every chunk the ranges touch, in parallel, then copy out of them.
+  // Compressed: decode every chunk the ranges touch, in parallel, then copy out of them. A
+  // chunk that one range alone needs whole (a sequential scan's middle chunks) is decoded
+  // straight into the output, bypassing the cache, when no conversion is needed.
+  struct Need {
+    int64_t chunk;
+    T* whole;  // where the whole chunk goes in the output, or null
+  };
+  std::vector<Need> needs;
+  {
+    T* dst = out;
+    for (auto [start, count] : ranges) {
+      for (int64_t c = start / chunk_len_; count > 0 && c <= (start + count - 1) / chunk_len_; ++c) {
+        const bool whole = same && c * chunk_len_ >= start && (c + 1) * chunk_len_ <= start + count;
+        needs.push_back({c, whole ? dst + (c * chunk_len_ - start) : nullptr});
+      }
+      dst += count;
+    }
+  }
+  std::sort(needs.begin(), needs.end(), [](const Need& a, const Need& b) { return a.chunk < b.chunk; });
   std::vector<int64_t> ids;
-  for (auto [start, count] : ranges)
-    for (int64_t c = start / chunk_len_; count > 0 && c <= (start + count - 1) / chunk_len_; ++c) ids.push_back(c);
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::vector<T*> whole;  // per id: straight into the output (needed once, whole), else null
+  for (size_t i = 0; i < needs.size(); ++i) {
+    if (!ids.empty() && ids.back() == needs[i].chunk) {
+      whole.back() = nullptr;  // needed twice: through the cache
+      continue;
+    }
+    ids.push_back(needs[i].chunk);
+    whole.push_back(needs[i].whole);
+  }
   std::vector<Chunk> chunks(ids.size());
+  auto decode = [&](size_t i) {
+    if (whole[i]) {
+      if (Chunk hit = cache_->get(ids[i])) chunks[i] = hit;
+      else decode_chunk(ids[i], reinterpret_cast<unsigned char*>(whole[i]));
+    } else {
+      chunks[i] = load_chunk(ids[i]);
+    }
+  };
   const size_t n_threads = serial_inflate_depth > 0 ? 1 : std::min<size_t>(std::max(1u, std::thread::hardware_concurrency()), (ids.size() + 3) / 4);
   if (n_threads <= 1) {
-    for (size_t i = 0; i < ids.size(); ++i) chunks[i] = load_chunk(ids[i]);
+    for (size_t i = 0; i < ids.size(); ++i) decode(i);
   } else {
     std::vector<std::thread> pool;
     std::exception_ptr error;
@@ -266,7 +309,7 @@ void RawDataset::read(const std::vector<std::pair<int64_t, int64_t>>& ranges, T*
     for (size_t t = 0; t < n_threads; ++t)
       pool.emplace_back([&, t] {
         try {
-          for (size_t i = t; i < ids.size(); i += n_threads) chunks[i] = load_chunk(ids[i]);
+          for (size_t i = t; i < ids.size(); i += n_threads) decode(i);
         } catch (...) {
           std::lock_guard<std::mutex> lock(error_mutex);
           error = std::current_exception();
@@ -279,10 +322,12 @@ void RawDataset::read(const std::vector<std::pair<int64_t, int64_t>>& ranges, T*
     while (count > 0) {
       int64_t c = start / chunk_len_, within = start % chunk_len_;
       int64_t n = std::min(count, chunk_len_ - within);
-      const auto& chunk = *chunks[std::lower_bound(ids.begin(), ids.end(), c) - ids.begin()];
-      const unsigned char* src = chunk.data() + static_cast<size_t>(within) * elem_size_;
-      if (same) std::memcpy(out, src, static_cast<size_t>(n) * sizeof(T));
-      else convert_to(src, n, out);
+      const size_t i = std::lower_bound(ids.begin(), ids.end(), c) - ids.begin();
+      if (chunks[i]) {  // else decoded in place already
+        const unsigned char* src = chunks[i]->data() + static_cast<size_t>(within) * elem_size_;
+        if (same) std::memcpy(out, src, static_cast<size_t>(n) * sizeof(T));
+        else convert_to(src, n, out);
+      }
       start += n;
       count -= n;
       out += n;

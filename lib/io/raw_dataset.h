@@ -38,7 +38,8 @@ class RawDataset {
 
  private:
   enum class Kind { Float, Signed, Unsigned };
-  Chunk load_chunk(int64_t c) const;  // pread + inflate
+  void decode_chunk(int64_t c, unsigned char* dst) const;  // pread + inflate, chunk_len_ elements
+  Chunk load_chunk(int64_t c) const;                       // decode_chunk through the cache
 
   std::shared_ptr<const int> fd_;
   Kind kind_ = Kind::Float;
