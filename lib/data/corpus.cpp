@@ -11,10 +11,15 @@
 #include <map>
 #include <set>
 #include <stdexcept>
+#include <condition_variable>
+#include <limits>
+#include <mutex>
 #include <thread>
 
 #include "data/gene_table.h"
+#include "data/parallel.h"
 #include "data/source_reader.h"
+#include "io/serial_inflate.h"
 #include "util/json.h"
 #include "util/log.h"
 
@@ -48,15 +53,47 @@ constexpr int64_t kChunkRows = 256;
 constexpr const char* kSymbolColumns[] = {"gene_symbol", "gene_symbols", "symbol", "gene_name", "gene_names",
                                           "feature_name"};
 
-// Median as numpy computes it: the mean of the two middle values for an even count.
-double median_of(double* v, int64_t n) {
+// Median as numpy computes it (the mean of the two middle values for an even count) of
+// v[0..n), which it reorders. Large groups: the middle ranks are bracketed by two values of a
+// sample (Floyd-Rivest); one branch-free pass counts the values below the bracket and collects
+// those inside, and only those are selected from. A bracket that misses (rare) falls back to
+// selecting from everything.
+double median_of(double* v, int64_t n, std::vector<double>& buf) {
   if (n == 0) return 0;
-  const int64_t mid = n / 2;
-  std::nth_element(v, v + mid, v + n);
-  double hi = v[mid];
-  if (n % 2) return hi;
-  double lo = *std::max_element(v, v + mid);
-  return (lo + hi) / 2;
+  const int64_t k_lo = (n - 1) / 2, k_hi = n / 2;  // the middle ranks (equal for odd n)
+  auto select = [](double* a, int64_t m, int64_t lo, int64_t hi) {
+    std::nth_element(a, a + hi, a + m);
+    if (lo == hi) return a[hi];
+    return (*std::max_element(a, a + hi) + a[hi]) / 2;
+  };
+  if (n < 1024) return select(v, n, k_lo, k_hi);
+  const int64_t s = std::max<int64_t>(128, static_cast<int64_t>(std::pow(static_cast<double>(n), 2.0 / 3.0)));
+  buf.resize(s + n);
+  double* sample = buf.data();
+  for (int64_t i = 0; i < s; ++i) sample[i] = v[(2 * i + 1) * n / (2 * s)];  // spread over the group
+  const double margin = 1.5 * std::sqrt(static_cast<double>(s));  // ~3 standard deviations of a sample rank
+  const int64_t r_lo = static_cast<int64_t>(std::floor(static_cast<double>(k_lo) * s / n - margin));
+  const int64_t r_hi = static_cast<int64_t>(std::ceil(static_cast<double>(k_hi) * s / n + margin));
+  double lo = -std::numeric_limits<double>::infinity(), hi = std::numeric_limits<double>::infinity();
+  if (r_lo > 0) {
+    std::nth_element(sample, sample + r_lo, sample + s);
+    lo = sample[r_lo];
+  }
+  if (r_hi < s - 1) {
+    const int64_t from = std::max<int64_t>(r_lo, 0);
+    std::nth_element(sample + from, sample + r_hi, sample + s);
+    hi = sample[r_hi];
+  }
+  double* inside = buf.data() + s;
+  int64_t below = 0, m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = v[i];
+    below += x < lo;
+    inside[m] = x;
+    m += (x >= lo) & (x <= hi);
+  }
+  if (below <= k_lo && below + m > k_hi) return select(inside, m, k_lo - below, k_hi - below);
+  return select(v, n, k_lo, k_hi);
 }
 
 struct Progress {
@@ -72,6 +109,184 @@ struct Progress {
     double s = seconds();
     log::info(str(what, ": ", done, "/", total, " cells, ", static_cast<int64_t>(done / std::max(s, 1e-9)), " cells/s"));
   }
+};
+
+// Step 3 of prepare: workers take chunks of rows in turn (each inflating its own chunks),
+// gather every cell (columns mapped to tokens, duplicates summed) and append the chunk to the
+// gathered arrays. They start before the gene mapping is known and read ahead until it is:
+// start(), set the sources' column_token, then run() (which also works on the caller's thread).
+class Gatherer {
+ public:
+  static constexpr size_t kReadAhead = 32;  // chunks a worker reads while the mapping is not ready
+
+  Gatherer(const std::vector<OpenedMatrix>& opened, const std::vector<SourceInfo>& sources, int64_t n_cells,
+           int32_t max_len, bool progress)
+      : per_source(sources.size()), opened_(opened), sources_(sources), max_len_(max_len), progress_(progress) {
+    for (size_t s = 0; s < sources.size(); ++s)
+      for (int64_t b = 0; b < sources[s].n_cells; b += kChunkRows)
+        items_.push_back({static_cast<int>(s), b, std::min(sources[s].n_cells, b + kChunkRows)});
+    cells = std::make_shared<GatheredCells>();
+    int64_t nnz = 0;
+    for (const auto& om : opened) nnz += om.matrix.info().nnz.value_or(0);
+    cells->tokens.reserve(nnz);
+    cells->values.reserve(nnz);
+    cells->start.assign(n_cells, 0);
+    cells->length.assign(n_cells, 0);
+    cells->totals.assign(n_cells, 0.0);
+    n_cells_ = n_cells;
+  }
+  ~Gatherer() { stop(); }
+
+  void start(int n_background) {
+    for (int i = 0; i < n_background; ++i) workers_.emplace_back([this] { work(); });
+  }
+  // The mapping is ready: gather on this thread too until all chunks are done.
+  void run() {
+    {
+      std::lock_guard lk(mu_);
+      ready_ = true;
+    }
+    cv_.notify_all();
+    work();
+    join();
+    if (error_) std::rethrow_exception(error_);
+  }
+  void stop() {
+    {
+      std::lock_guard lk(mu_);
+      failed_ = true;
+    }
+    cv_.notify_all();
+    join();
+  }
+
+  struct SourceCounts {
+    int64_t cells_empty = 0, negative_values = 0;
+  };
+  std::shared_ptr<GatheredCells> cells;
+  std::vector<SourceCounts> per_source;
+  TokenStats stats;
+  double seconds() const { return progress_.seconds(); }
+
+ private:
+  struct Item {
+    int source;
+    int64_t begin, end;
+  };
+  struct Local {  // a worker's chunk before it is appended
+    CellGenes cell;
+    std::vector<int32_t> tokens, length;
+    std::vector<float> values;
+    std::vector<double> totals;
+  };
+
+  void join() {
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+  }
+
+  void work() {
+    io::SerialInflate serial;  // the workers are the parallelism
+    std::vector<std::pair<size_t, io::CellRows>> ahead;  // read before the mapping was ready
+    Local local;
+    try {
+      for (;;) {
+        std::unique_lock lk(mu_);
+        if (failed_) return;
+        if (ready_ && !ahead.empty()) {
+          lk.unlock();
+          for (auto& [k, rows] : ahead) gather(k, rows, local);
+          ahead.clear();
+          continue;
+        }
+        if (!ready_ && (ahead.size() >= kReadAhead || (next_ == items_.size() && !ahead.empty()))) {
+          cv_.wait(lk, [&] { return ready_ || failed_; });
+          continue;
+        }
+        if (next_ == items_.size()) return;
+        const size_t k = next_++;
+        const bool mapped = ready_;
+        lk.unlock();
+        const Item& it = items_[k];
+        io::CellRows rows = opened_[it.source].matrix.read_rows(it.begin, it.end);
+        if (mapped) gather(k, rows, local);
+        else ahead.emplace_back(k, std::move(rows));
+      }
+    } catch (...) {
+      {
+        std::lock_guard lk(mu_);
+        if (!error_) error_ = std::current_exception();
+        failed_ = true;
+      }
+      cv_.notify_all();
+    }
+  }
+
+  void gather(size_t k, const io::CellRows& rows, Local& l) {
+    const Item& it = items_[k];
+    const SourceInfo& si = sources_[it.source];
+    const bool dups = si.has_duplicates();
+    l.tokens.clear();
+    l.values.clear();
+    l.length.clear();
+    l.totals.clear();
+    int64_t negatives = 0, empty = 0;
+    TokenStats st;
+    for (int64_t r = 0; r < rows.n_rows(); ++r) {
+      const int64_t a = rows.indptr[r], n = rows.row_nnz(r);
+      try {
+        gather_cell({rows.indices.data() + a, static_cast<size_t>(n)}, {rows.values.data() + a, static_cast<size_t>(n)},
+                    si.column_token, dups, l.cell, &negatives);
+      } catch (const std::invalid_argument& e) {
+        throw std::runtime_error(str(si.path, ": ", si.matrix, " cell ", it.begin + r, ": ", e.what()));
+      }
+      const int64_t genes = static_cast<int64_t>(l.cell.tokens.size());
+      l.totals.push_back(l.cell.total);
+      l.length.push_back(static_cast<int32_t>(genes));
+      if (genes == 0) {
+        ++empty;
+        continue;
+      }
+      l.tokens.insert(l.tokens.end(), l.cell.tokens.begin(), l.cell.tokens.end());
+      l.values.insert(l.values.end(), l.cell.values.begin(), l.cell.values.end());
+      const int64_t len = 1 + std::min<int64_t>(genes, max_len_ - 1);
+      st.n_cells++;
+      st.tokens_total += len;
+      st.tokens_max = std::max(st.tokens_max, len);
+    }
+    std::lock_guard lk(commit_mu_);
+    GatheredCells& g = *cells;
+    int64_t pos = static_cast<int64_t>(g.tokens.size());
+    g.tokens.insert(g.tokens.end(), l.tokens.begin(), l.tokens.end());
+    g.values.insert(g.values.end(), l.values.begin(), l.values.end());
+    const int64_t first = si.first_cell + it.begin;
+    for (int64_t r = 0; r < rows.n_rows(); ++r) {
+      g.start[first + r] = pos;
+      g.length[first + r] = l.length[r];
+      g.totals[first + r] = l.totals[r];
+      pos += l.length[r];
+    }
+    per_source[it.source].cells_empty += empty;
+    per_source[it.source].negative_values += negatives;
+    stats.n_cells += st.n_cells;
+    stats.tokens_total += st.tokens_total;
+    stats.tokens_max = std::max(stats.tokens_max, st.tokens_max);
+    done_ += rows.n_rows();
+    progress_.tick("prepare", done_, n_cells_);
+  }
+
+  const std::vector<OpenedMatrix>& opened_;
+  const std::vector<SourceInfo>& sources_;
+  const int32_t max_len_;
+  std::vector<Item> items_;
+  int64_t n_cells_ = 0, done_ = 0;
+  Progress progress_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_, commit_mu_;
+  std::condition_variable cv_;
+  size_t next_ = 0;
+  bool ready_ = false, failed_ = false;
+  std::exception_ptr error_;
 };
 
 }  // namespace
@@ -129,6 +344,10 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
   c.n_cells = next_cell;
 
   log::debug(str("prepare: opened ", opts.sources.size(), " files at ", phase.seconds(), " s"));
+  // The cells are read from now on (step 3), while the genes are mapped.
+  const int T = std::max(1, std::min(opts.threads, 16));
+  Gatherer gatherer(opened, c.sources, c.n_cells, c.tokenize.max_len, opts.progress);
+  gatherer.start(T - 1);
   std::optional<GeneTable> table;
   if (use_table) {
     table = GeneTable::load(opts.gene_table, &all_names);
@@ -201,46 +420,15 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
                                    " is in the vocabulary ", opts.vocab_file));
   }
 
-  // 3. One pass over the cells: map and sum each cell's genes (kept for the medians and,
-  //    with keep_rows, for a loader in this process).
-  auto g = std::make_shared<GatheredCells>();
-  int64_t nnz_hint = 0;
-  for (const auto& om : opened) nnz_hint += om.matrix.info().nnz.value_or(0);
-  g->tokens.reserve(nnz_hint);
-  g->values.reserve(nnz_hint);
-  g->offsets.reserve(c.n_cells + 1);
-  g->totals.reserve(c.n_cells);
-  Progress progress(opts.progress);
-  int64_t done = 0;
-  CellGenes cell;
+  // 3. Read, map and sum each cell's genes (kept for the medians and, with keep_rows, for a
+  //    loader in this process).
+  gatherer.run();
+  const std::shared_ptr<const GatheredCells> gathered = gatherer.cells;
+  c.stats = gatherer.stats;
   for (size_t s = 0; s < c.sources.size(); ++s) {
     SourceInfo& si = c.sources[s];
-    const bool dups = si.has_duplicates();
-    for_each_chunk(opened[s].matrix, kChunkRows, [&](const io::CellRows& chunk, int64_t begin) {
-      for (int64_t r = 0; r < chunk.n_rows(); ++r) {
-        const int64_t a = chunk.indptr[r], n = chunk.row_nnz(r);
-        try {
-          gather_cell({chunk.indices.data() + a, static_cast<size_t>(n)}, {chunk.values.data() + a, static_cast<size_t>(n)},
-                      si.column_token, dups, cell, &si.negative_values);
-        } catch (const std::invalid_argument& e) {
-          throw std::runtime_error(str(si.path, ": ", si.matrix, " cell ", begin + r, ": ", e.what()));
-        }
-        g->totals.push_back(cell.total);
-        if (cell.tokens.empty()) {
-          ++si.cells_empty;
-        } else {
-          g->tokens.insert(g->tokens.end(), cell.tokens.begin(), cell.tokens.end());
-          g->values.insert(g->values.end(), cell.values.begin(), cell.values.end());
-          int64_t len = 1 + std::min<int64_t>(cell.tokens.size(), c.tokenize.max_len - 1);
-          c.stats.n_cells++;
-          c.stats.tokens_total += len;
-          c.stats.tokens_max = std::max(c.stats.tokens_max, len);
-        }
-        g->offsets.push_back(static_cast<int64_t>(g->tokens.size()));
-      }
-      done += chunk.n_rows();
-      progress.tick("prepare", done, c.n_cells);
-    });
+    si.cells_empty = gatherer.per_source[s].cells_empty;
+    si.negative_values = gatherer.per_source[s].negative_values;
     if (si.cells_empty)
       log::warn(str(si.path, ": skipped ", si.cells_empty, " cells with no expressed gene in the vocabulary"));
     if (si.negative_values)
@@ -252,34 +440,50 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
   c.stats.tokens_mean = static_cast<double>(c.stats.tokens_total) / c.stats.n_cells;
 
   log::debug(str("prepare: cells read at ", phase.seconds(), " s"));
-  // 4. Gene medians: normalised values grouped by token (counting sort), median of each group.
+  // 4. Gene medians: normalised values grouped by token (a counting sort, cells split between
+  //    threads), then each group's median (tokens split between threads by equal shares of values).
   {
+    const GatheredCells& g = *gathered;
     const int32_t V = c.vocab.size();
+    const int64_t n = c.n_cells;
+    std::vector<std::vector<int64_t>> fill(T);  // per thread and token: where its next value goes
+    run_parallel(T, [&](int p) {
+      fill[p].assign(V, 0);
+      for (int64_t i = n * p / T; i < n * (p + 1) / T; ++i)
+        for (int64_t k = g.start[i]; k < g.start[i] + g.length[i]; ++k) ++fill[p][g.tokens[k]];
+    });
     std::vector<int64_t> start(V + 1, 0);
-    for (int32_t t : g->tokens) ++start[t + 1];
-    for (int32_t t = 0; t < V; ++t) start[t + 1] += start[t];
-    std::vector<double> grouped(g->tokens.size());
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t i = 0; i < c.n_cells; ++i)
-      for (int64_t k = g->offsets[i]; k < g->offsets[i + 1]; ++k)
-        grouped[fill[g->tokens[k]]++] = normalised(g->values[k], g->totals[i], c.tokenize.target_sum);
+    int64_t pos = 0;
+    for (int32_t t = 0; t < V; ++t) {
+      start[t] = pos;
+      for (int p = 0; p < T; ++p) {
+        const int64_t count = fill[p][t];
+        fill[p][t] = pos;
+        pos += count;
+      }
+    }
+    start[V] = pos;
+    std::unique_ptr<double[]> grouped(new double[pos]);  // not zeroed: every slot is written
+    run_parallel(T, [&](int p) {
+      int64_t* to = fill[p].data();
+      for (int64_t i = n * p / T; i < n * (p + 1) / T; ++i) {
+        const double total = g.totals[i];
+        for (int64_t k = g.start[i]; k < g.start[i] + g.length[i]; ++k)
+          grouped[to[g.tokens[k]]++] = normalised(g.values[k], total, c.tokenize.target_sum);
+      }
+    });
     c.gene_medians.assign(V, 0.0);
-    // Tokens split between threads by equal shares of values.
-    const int T = std::max(1, std::min(opts.threads, 16));
-    auto medians_of = [&](int p) {
-      const int64_t lo = static_cast<int64_t>(grouped.size()) * p / T, hi = static_cast<int64_t>(grouped.size()) * (p + 1) / T;
+    run_parallel(T, [&](int p) {
+      const int64_t lo = pos * p / T, hi = pos * (p + 1) / T;
+      std::vector<double> buf;
       for (int32_t t = kNumSpecial; t < V; ++t)
-        if (start[t] >= lo && start[t] < hi) c.gene_medians[t] = median_of(grouped.data() + start[t], start[t + 1] - start[t]);
-    };
-    std::vector<std::thread> pool;
-    for (int p = 1; p < T; ++p) pool.emplace_back(medians_of, p);
-    medians_of(0);
-    for (auto& th : pool) th.join();
+        if (start[t] >= lo && start[t] < hi) c.gene_medians[t] = median_of(grouped.get() + start[t], start[t + 1] - start[t], buf);
+    });
   }
   log::debug(str("prepare: medians at ", phase.seconds(), " s"));
-  if (opts.keep_rows) c.gathered = g;
-  log::info(str("prepared ", c.stats.n_cells, " cells, ", c.vocab.n_genes(), " genes in ", progress.seconds(), " s (",
-                static_cast<int64_t>(c.n_cells / std::max(progress.seconds(), 1e-9)), " cells/s); tokens/cell mean ",
+  if (opts.keep_rows) c.gathered = gathered;
+  log::info(str("prepared ", c.stats.n_cells, " cells, ", c.vocab.n_genes(), " genes in ", gatherer.seconds(), " s (",
+                static_cast<int64_t>(c.n_cells / std::max(gatherer.seconds(), 1e-9)), " cells/s); tokens/cell mean ",
                 c.stats.tokens_mean, ", max ", c.stats.tokens_max));
   return c;
 }
@@ -467,11 +671,8 @@ std::vector<TokenizedCell> tokenize_cells(const PreparedCorpus& c, const std::ve
     const GatheredCells& g = *c.gathered;
     for (size_t i = 0; i < cell_ids.size(); ++i) {
       c.locate(cell_ids[i]);  // range check
-      const int64_t a = g.offsets[cell_ids[i]], b = g.offsets[cell_ids[i] + 1];
-      cell.tokens.assign(g.tokens.begin() + a, g.tokens.begin() + b);
-      cell.values.assign(g.values.begin() + a, g.values.begin() + b);
-      cell.total = g.totals[cell_ids[i]];
-      if (!cell.tokens.empty()) tokenize_cell(cell, c.gene_medians, c.tokenize, out[i]);
+      const size_t a = g.start[cell_ids[i]], len = g.length[cell_ids[i]];
+      if (len) tokenize_cell({g.tokens.data() + a, len}, {g.values.data() + a, len}, g.totals[cell_ids[i]], c.gene_medians, c.tokenize, out[i]);
     }
     return out;
   }

@@ -55,9 +55,11 @@ struct SourceInfo {
 };
 
 // Cells after gene mapping, by global cell id: cell i's tokens (unique) and summed positive
-// values are [offsets[i], offsets[i+1]); totals[i] = sum of its positive values (all columns).
+// values are [start[i], start[i] + length[i]) (cells are stored in chunks, in the order
+// prepare's workers finished them); totals[i] = sum of its positive values (all columns).
 struct GatheredCells {
-  std::vector<int64_t> offsets{0};
+  std::vector<int64_t> start;
+  std::vector<int32_t> length;  // 0: an empty cell
   std::vector<int32_t> tokens;
   std::vector<float> values;
   std::vector<double> totals;

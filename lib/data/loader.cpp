@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "data/hash_rng.h"
+#include "data/parallel.h"
 #include "data/source_reader.h"
 #include "util/json.h"
 #include "util/log.h"
@@ -74,13 +75,28 @@ LoaderState LoaderState::from_json(const std::string& text) {
 
 namespace {
 
+// An allocator whose resize leaves new elements uninitialised: stores are laid out first,
+// then filled by several threads.
+template <typename T>
+struct NoInit : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = NoInit<U>;
+  };
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    if constexpr (sizeof...(Args) == 0) ::new (static_cast<void*>(p)) U;
+    else ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
 // Tokenized cells, CLS not included: cell i's genes are genes[offsets[i]..offsets[i+1]).
 struct CellStore {
   std::vector<int64_t> cell_id;
   std::vector<int32_t> source;
   std::vector<int64_t> offsets{0};
-  std::vector<int32_t> genes;
-  std::vector<uint8_t> bins;
+  std::vector<int32_t, NoInit<int32_t>> genes;
+  std::vector<uint8_t, NoInit<uint8_t>> bins;
   int64_t size() const { return static_cast<int64_t>(cell_id.size()); }
   int32_t n_genes(int64_t i) const { return static_cast<int32_t>(offsets[i + 1] - offsets[i]); }
   void add(int64_t id, int32_t src, const TokenizedCell& t) {
@@ -312,44 +328,47 @@ void Loader::Impl::tokenize_all(const PreparedCorpus& corpus) {
   TokenizedCell tc;
   auto chrono_start = std::chrono::steady_clock::now();
   if (corpus.gathered) {
-    // Cells already mapped: tokenize ranges of cells on several threads, join in order.
+    // Cells already mapped: the stores are laid out first (cells in id order), then ranges of
+    // cells are tokenized straight into them on several threads.
     const GatheredCells& g = *corpus.gathered;
     const int T = std::max(1, std::min<int>(cfg.threads, 16));
-    std::vector<CellStore> part_train(T), part_val(T);
-    std::vector<std::exception_ptr> errors(T);
-    auto work = [&](int p) {
-      try {
-        TokenizedCell tk;
-        const int64_t lo = n * p / T, hi = n * (p + 1) / T;
-        int src = 0;
-        auto last = std::chrono::steady_clock::now();
-        for (int64_t id = lo; id < hi; ++id) {
-          if (p == 0 && (id - lo) % 4096 == 4095 && std::chrono::steady_clock::now() - last > std::chrono::seconds(2)) {
-            last = std::chrono::steady_clock::now();
-            const double secs = std::chrono::duration<double>(last - chrono_start).count();
-            const int64_t done = (id - lo) * T;  // the other threads go about as fast
-            log::info(str("loader: tokenized ~", done, "/", n, " cells, ", static_cast<int64_t>(done / secs), " cells/s"));
-          }
-          if (!role[id] || g.offsets[id + 1] == g.offsets[id]) continue;
-          while (id >= corpus.sources[src].first_cell + corpus.sources[src].n_cells) ++src;
-          const size_t a = g.offsets[id], len = g.offsets[id + 1] - a;
-          tokenize_cell({g.tokens.data() + a, len}, {g.values.data() + a, len}, g.totals[id], corpus.gene_medians, tok, tk);
-          (role[id] == 1 ? part_train[p] : part_val[p]).add(id, src, tk);
-        }
-      } catch (...) {
-        errors[p] = std::current_exception();
-      }
-    };
-    std::vector<std::thread> pool;
-    for (int p = 1; p < T; ++p) pool.emplace_back(work, p);
-    work(0);
-    for (auto& t : pool) t.join();
-    for (auto& e : errors)
-      if (e) std::rethrow_exception(e);
-    for (int p = 0; p < T; ++p) {
-      train.append(part_train[p]);
-      val.append(part_val[p]);
+    const int64_t keep = std::max<int64_t>(tok.max_len - 1, 0);
+    std::vector<int64_t> first_train(T + 1), first_val(T + 1);  // store index of thread p's first cell
+    int src = 0, p = 0;
+    for (int64_t id = 0; id <= n; ++id) {
+      for (; p <= T && n * p / T <= id; ++p) first_train[p] = train.size(), first_val[p] = val.size();
+      if (id == n) break;
+      if (!role[id] || g.length[id] == 0) continue;
+      while (id >= corpus.sources[src].first_cell + corpus.sources[src].n_cells) ++src;
+      CellStore& st = role[id] == 1 ? train : val;
+      st.cell_id.push_back(id);
+      st.source.push_back(src);
+      st.offsets.push_back(st.offsets.back() + std::min<int64_t>(g.length[id], keep));
     }
+    for (CellStore* st : {&train, &val}) {
+      st->genes.resize(st->offsets.back());
+      if (tok.mode == TokenMode::Binned) st->bins.resize(st->offsets.back());
+    }
+    run_parallel(T, [&](int p) {
+      TokenizedCell tk;
+      int64_t next[3] = {0, first_train[p], first_val[p]};  // by role
+      auto last = std::chrono::steady_clock::now();
+      for (int64_t id = n * p / T; id < n * (p + 1) / T; ++id) {
+        if (p == 0 && id % 4096 == 4095 && std::chrono::steady_clock::now() - last > std::chrono::seconds(2)) {
+          last = std::chrono::steady_clock::now();
+          const double secs = std::chrono::duration<double>(last - chrono_start).count();
+          const int64_t done = (id + 1) * T;  // the other threads go about as fast
+          log::info(str("loader: tokenized ~", done, "/", n, " cells, ", static_cast<int64_t>(done / secs), " cells/s"));
+        }
+        if (!role[id] || g.length[id] == 0) continue;
+        const size_t a = g.start[id], len = g.length[id];
+        tokenize_cell({g.tokens.data() + a, len}, {g.values.data() + a, len}, g.totals[id], corpus.gene_medians, tok, tk);
+        CellStore& st = role[id] == 1 ? train : val;
+        const int64_t i = next[role[id]]++, at = st.offsets[i];
+        std::copy(tk.genes.begin(), tk.genes.end(), st.genes.begin() + at);
+        std::copy(tk.bins.begin(), tk.bins.end(), st.bins.begin() + at);
+      }
+    });
   }
   for (size_t s = 0; !corpus.gathered && s < corpus.sources.size(); ++s) {
     const SourceInfo& si = corpus.sources[s];

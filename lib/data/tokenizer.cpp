@@ -1,6 +1,8 @@
 #include "data/tokenizer.h"
 
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <cstring>
 #include <cmath>
 #include <numeric>
@@ -80,14 +82,16 @@ namespace {
 // Positions 0..n-1 of a cell's genes ordered by (key ascending, token ascending), written to
 // the low 32 bits of a[0..n). key = ~bits(score): positive finite scores order like their bit
 // patterns, so ascending key = descending score.
-// LSD radix sort of 8-byte items (top 32 key bits << 32 | position), 8 bits a pass (passes
-// where all items share the byte are skipped); then runs sharing the top 32 bits (exact ties
+// LSD radix sort of 8-byte items (top 32 key bits, less the cell's smallest, << 32 | position),
+// 8 bits a pass (passes where all items share the byte are skipped); then runs sharing the top 32 bits (exact ties
 // and scores within ~1e-6 of each other) are ordered by the full key and the token.
 void order_genes(const uint64_t* key, const int32_t* token, int64_t n, std::vector<uint64_t>& a,
                  std::vector<uint64_t>& tmp) {
   constexpr uint64_t kHigh = 0xFFFFFFFF00000000ULL;
   a.resize(n);
-  for (int64_t i = 0; i < n; ++i) a[i] = (key[i] & kHigh) | static_cast<uint64_t>(i);
+  uint64_t lo = UINT64_MAX;  // top bits relative to the cell's smallest: a pass fewer, mostly
+  for (int64_t i = 0; i < n; ++i) lo = std::min(lo, key[i] & kHigh);
+  for (int64_t i = 0; i < n; ++i) a[i] = ((key[i] & kHigh) - lo) | static_cast<uint64_t>(i);
   auto before = [key, token](uint64_t x, uint64_t y) {
     const uint32_t i = static_cast<uint32_t>(x), j = static_cast<uint32_t>(y);
     return key[i] < key[j] || (key[i] == key[j] && token[i] < token[j]);
@@ -121,7 +125,16 @@ void order_genes(const uint64_t* key, const int32_t* token, int64_t n, std::vect
   for (int64_t i = 0; i < n;) {  // runs sharing the top 32 bits: full key, then token
     int64_t j = i + 1;
     while (j < n && (a[j] & kHigh) == (a[i] & kHigh)) ++j;
-    if (j - i > 1) std::sort(a.begin() + i, a.begin() + j, before);
+    if (j - i > 16) {
+      std::sort(a.begin() + i, a.begin() + j, before);
+    } else {
+      for (int64_t k = i + 1; k < j; ++k) {  // insertion sort: runs are short (exact ties)
+        const uint64_t x = a[k];
+        int64_t m = k;
+        for (; m > i && before(x, a[m - 1]); --m) a[m] = a[m - 1];
+        a[m] = x;
+      }
+    }
     i = j;
   }
 }

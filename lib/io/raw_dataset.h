@@ -11,16 +11,9 @@
 #include <utility>
 #include <vector>
 
-namespace sctrain::io {
+#include "io/serial_inflate.h"
 
-// While one exists, reads on the thread that made it inflate their chunks on that thread
-// (for callers that already read on several threads of their own).
-struct SerialInflate {
-  SerialInflate();
-  ~SerialInflate();
-  SerialInflate(const SerialInflate&) = delete;
-  SerialInflate& operator=(const SerialInflate&) = delete;
-};
+namespace sctrain::io {
 
 class RawDataset {
  public:
