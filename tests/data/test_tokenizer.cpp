@@ -142,3 +142,18 @@ TEST(TokenizeCell, NearTiesOrderedByTheFullScore) {
   ASSERT_EQ(t.genes.size(), ref.size());
   for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(t.genes[i], ref[i].second) << "position " << i;
 }
+
+// A long run of equal scores (every gene once, same value, same median): token order.
+TEST(TokenizeCell, ManyEqualScoresGoInTokenOrder) {
+  CellGenes c;
+  for (int32_t t = 3000; t >= 5; --t) {
+    c.tokens.push_back(t);
+    c.values.push_back(2.0f);
+  }
+  c.total = 2.0 * c.tokens.size();
+  std::vector<double> med(3001, 0.5);
+  TokenizedCell t;
+  tokenize_cell(c, med, TokenizeConfig{}, t);
+  ASSERT_EQ(t.genes.size(), 2047u);
+  for (size_t i = 0; i < t.genes.size(); ++i) ASSERT_EQ(t.genes[i], static_cast<int32_t>(5 + i));
+}
