@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -53,20 +54,51 @@ constexpr int64_t kChunkRows = 256;
 constexpr const char* kSymbolColumns[] = {"gene_symbol", "gene_symbols", "symbol", "gene_name", "gene_names",
                                           "feature_name"};
 
+// The mean of the values at ranks k_lo and k_hi (0-based, k_hi - k_lo <= 1) of a[0..m)
+// (positive doubles, which order like their bit patterns), which it reorders. A radix select:
+// a 256-bucket histogram of the bits between the smallest and largest finds the buckets that
+// hold the ranks, and only their values are selected from.
+double middle_ranks(double* a, int64_t m, int64_t k_lo, int64_t k_hi, std::vector<double>& buf) {
+  auto select = [](double* v, int64_t n, int64_t lo, int64_t hi) {
+    std::nth_element(v, v + hi, v + n);
+    if (lo == hi) return v[hi];
+    return (*std::max_element(v, v + hi) + v[hi]) / 2;
+  };
+  if (m < 128) return select(a, m, k_lo, k_hi);
+  uint64_t lo = UINT64_MAX, hi = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    const uint64_t b = std::bit_cast<uint64_t>(a[i]);
+    lo = std::min(lo, b);
+    hi = std::max(hi, b);
+  }
+  if (lo == hi) return a[0];
+  const int shift = std::max(0, static_cast<int>(std::bit_width(hi - lo)) - 8);
+  uint32_t count[256] = {};
+  for (int64_t i = 0; i < m; ++i) ++count[(std::bit_cast<uint64_t>(a[i]) - lo) >> shift];
+  int64_t below = 0;
+  int b_lo = 0;
+  while (below + count[b_lo] <= k_lo) below += count[b_lo++];
+  int b_hi = b_lo;
+  for (int64_t upto = below + count[b_lo]; upto <= k_hi; upto += count[++b_hi]) {}
+  buf.resize(m);
+  int64_t n = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    const uint64_t b = (std::bit_cast<uint64_t>(a[i]) - lo) >> shift;
+    buf[n] = a[i];
+    n += (b >= static_cast<uint64_t>(b_lo)) & (b <= static_cast<uint64_t>(b_hi));
+  }
+  return select(buf.data(), n, k_lo - below, k_hi - below);
+}
+
 // Median as numpy computes it (the mean of the two middle values for an even count) of
-// v[0..n), which it reorders. Large groups: the middle ranks are bracketed by two values of a
-// sample (Floyd-Rivest); one branch-free pass counts the values below the bracket and collects
-// those inside, and only those are selected from. A bracket that misses (rare) falls back to
-// selecting from everything.
-double median_of(double* v, int64_t n, std::vector<double>& buf) {
+// v[0..n), which it reorders. Large groups: the middle ranks are first bracketed by two values
+// of a sample (Floyd-Rivest); one branch-free pass counts the values below the bracket and
+// collects those inside, and only those are selected from. A bracket that misses (rare) falls
+// back to selecting from everything.
+double median_of(double* v, int64_t n, std::vector<double>& buf, std::vector<double>& buf2) {
   if (n == 0) return 0;
   const int64_t k_lo = (n - 1) / 2, k_hi = n / 2;  // the middle ranks (equal for odd n)
-  auto select = [](double* a, int64_t m, int64_t lo, int64_t hi) {
-    std::nth_element(a, a + hi, a + m);
-    if (lo == hi) return a[hi];
-    return (*std::max_element(a, a + hi) + a[hi]) / 2;
-  };
-  if (n < 1024) return select(v, n, k_lo, k_hi);
+  if (n < 1024) return middle_ranks(v, n, k_lo, k_hi, buf2);
   const int64_t s = std::max<int64_t>(128, static_cast<int64_t>(std::pow(static_cast<double>(n), 2.0 / 3.0)));
   buf.resize(s + n);
   double* sample = buf.data();
@@ -92,8 +124,8 @@ double median_of(double* v, int64_t n, std::vector<double>& buf) {
     inside[m] = x;
     m += (x >= lo) & (x <= hi);
   }
-  if (below <= k_lo && below + m > k_hi) return select(inside, m, k_lo - below, k_hi - below);
-  return select(v, n, k_lo, k_hi);
+  if (below <= k_lo && below + m > k_hi) return middle_ranks(inside, m, k_lo - below, k_hi - below, buf2);
+  return middle_ranks(v, n, k_lo, k_hi, buf2);
 }
 
 struct Progress {
@@ -466,18 +498,21 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     std::unique_ptr<double[]> grouped(new double[pos]);  // not zeroed: every slot is written
     run_parallel(T, [&](int p) {
       int64_t* to = fill[p].data();
+      std::vector<double> norm;
       for (int64_t i = n * p / T; i < n * (p + 1) / T; ++i) {
-        const double total = g.totals[i];
-        for (int64_t k = g.start[i]; k < g.start[i] + g.length[i]; ++k)
-          grouped[to[g.tokens[k]]++] = normalised(g.values[k], total, c.tokenize.target_sum);
+        const int64_t a = g.start[i], len = g.length[i];
+        norm.resize(len);
+        normalise({g.values.data() + a, static_cast<size_t>(len)}, g.totals[i], c.tokenize.target_sum, norm.data());
+        for (int64_t k = 0; k < len; ++k) grouped[to[g.tokens[a + k]]++] = norm[k];
       }
     });
     c.gene_medians.assign(V, 0.0);
     run_parallel(T, [&](int p) {
       const int64_t lo = pos * p / T, hi = pos * (p + 1) / T;
-      std::vector<double> buf;
+      std::vector<double> buf, buf2;
       for (int32_t t = kNumSpecial; t < V; ++t)
-        if (start[t] >= lo && start[t] < hi) c.gene_medians[t] = median_of(grouped.get() + start[t], start[t + 1] - start[t], buf);
+        if (start[t] >= lo && start[t] < hi)
+          c.gene_medians[t] = median_of(grouped.get() + start[t], start[t + 1] - start[t], buf, buf2);
     });
   }
   log::debug(str("prepare: medians at ", phase.seconds(), " s"));

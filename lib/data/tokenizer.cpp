@@ -78,6 +78,11 @@ void expression_bins(std::span<const float> values, int32_t n_bins, std::vector<
   }
 }
 
+__attribute__((target_clones("avx2", "default"))) void normalise(std::span<const float> values, double total,
+                                                                 double target_sum, double* out) {
+  for (size_t i = 0; i < values.size(); ++i) out[i] = normalised(values[i], total, target_sum);
+}
+
 namespace {
 
 // Order keys of a cell's genes: ~bits(normalised value / median), a zero median counting as 1.

@@ -64,5 +64,7 @@ void expression_bins(std::span<const float> values, int32_t n_bins, std::vector<
 inline double normalised(float value, double total, double target_sum) {
   return static_cast<double>(value) * target_sum / total;
 }
+// normalised() of every value into out (vectorised; AVX2 where the CPU has it).
+void normalise(std::span<const float> values, double total, double target_sum, double* out);
 
 }  // namespace sctrain::data
