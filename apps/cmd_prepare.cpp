@@ -14,7 +14,7 @@ namespace {
 
 struct PrepareArgs {
   std::vector<std::string> data;
-  std::string out, matrix = "X", mode = "rank", genes = "auto", vocab;
+  std::string out, matrix = "X", mode = "rank", genes = "auto", vocab, stats_from;
   int max_len = 2048, n_bins = 51;
   bool json = false, time_batches = false;
   int show = 0;
@@ -32,6 +32,7 @@ int run_prepare(const PrepareArgs& a) {
   if (a.genes == "auto" && o.gene_table.empty())
     log::warn("no gene table found (data/genes/human_genes.tsv or $SCTRAIN_GENES): gene names are matched exactly");
   o.vocab_file = a.vocab;
+  o.stats_from = a.stats_from;
   o.keep_rows = a.time_batches;
   o.threads = a.threads;
 
@@ -122,9 +123,14 @@ SCTRAIN_COMMAND({"prepare", "Tokenize h5ad files: gene vocabulary, medians, mani
       "DIR gets manifest.json (inputs, settings, per-file mapping, summary), vocab.tsv (id<TAB>name;\n"
       "0-4 = <pad> <cls> <mask> <unk> <eos>), gene_medians.tsv and columns_<i>.tsv (column -> token).\n"
       "Training reads DIR (`--data DIR`) or prepares in memory from the files themselves.\n\n"
+      "--stats-from DIR tokenizes new data (e.g. for fine-tuning) with the vocabulary and gene medians of\n"
+      "an earlier prepared DIR, as Geneformer does with its pretraining medians: genes outside that\n"
+      "vocabulary are dropped (counted per file: genes_dropped), genes it never saw expressed are ranked\n"
+      "with median 1 (counted: genes_without_median).\n\n"
       "Examples:\n"
       "  sctrain prepare --data data/pbmc3k_seurat.h5ad --out prepared/pbmc3k --json\n"
       "  sctrain prepare --data a.h5ad b.h5ad:raw/X --mode binned --max-len 1024 --out prepared/ab\n"
+      "  sctrain prepare --data new.h5ad --stats-from prepared/pbmc3k --out prepared/new\n"
       "  sctrain prepare --data data/pbmc3k_seurat.h5ad --show 3             # look at tokens\n"
       "  sctrain prepare --data data/pbmc3k_seurat.h5ad --time-batches --json  # h5ad -> batches speed");
   cmd.add_option("--data", a->data, "input .h5ad files, FILE or FILE:MATRIX")->required()->expected(1, -1);
@@ -136,6 +142,11 @@ SCTRAIN_COMMAND({"prepare", "Tokenize h5ad files: gene vocabulary, medians, mani
   cmd.add_option("--genes", a->genes, "gene table; 'auto' finds data/genes/human_genes.tsv, 'none' matches names exactly")
       ->capture_default_str();
   cmd.add_option("--vocab", a->vocab, "use this vocab.tsv instead of building one from the data (unknown genes dropped)");
+  cmd.add_option("--stats-from", a->stats_from,
+                 "tokenize with the vocabulary and gene medians of this prepared DIR (e.g. the pretraining corpus); "
+                 "genes outside its vocabulary are dropped and counted")
+      ->check(CLI::ExistingDirectory)
+      ->excludes("--vocab");
   cmd.add_flag("--json", a->json, "print one JSON summary on stdout (n_cells, n_genes, genes_unmapped, tokens_mean, ...)");
   cmd.add_option("--show", a->show, "print the first N cells' tokens (first 20 genes each)");
   cmd.add_flag("--time-batches", a->time_batches, "also build one epoch of masked, padded batches and time h5ad -> batches");

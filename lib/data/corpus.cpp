@@ -332,10 +332,22 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
   c.tokenize = opts.tokenize;
   c.gene_table = opts.gene_table;
   c.vocab_file = opts.vocab_file;
+  c.stats_from = opts.stats_from;
   Progress phase(false);  // phase timings for the debug log
 
-  const bool fixed_vocab = !opts.vocab_file.empty();
-  if (fixed_vocab) c.vocab = Vocabulary::load(opts.vocab_file);
+  const bool reuse_stats = !opts.stats_from.empty();
+  if (reuse_stats && !opts.vocab_file.empty())
+    throw std::invalid_argument("prepare: give a vocabulary (--vocab) or a corpus to take statistics from (--stats-from), not both");
+  const bool fixed_vocab = reuse_stats || !opts.vocab_file.empty();
+  const std::string vocab_origin = reuse_stats ? opts.stats_from : opts.vocab_file;  // for messages
+  if (reuse_stats) {
+    PreparedCorpus from = load_corpus(opts.stats_from);
+    c.vocab = std::move(from.vocab);
+    c.gene_medians = std::move(from.gene_medians);
+    log::info(str("statistics from ", opts.stats_from, ": ", c.vocab.n_genes(), " genes with their medians"));
+  } else if (fixed_vocab) {
+    c.vocab = Vocabulary::load(opts.vocab_file);
+  }
   const bool use_table = !opts.gene_table.empty();
 
   // 1. Open every source; its gene names, and a symbol column of var to fall back on.
@@ -449,7 +461,7 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     log::info(msg);
     if (si.genes_dropped == si.n_genes)
       throw std::runtime_error(str(si.path, ": none of the ", si.n_genes, " genes of ", si.matrix,
-                                   " is in the vocabulary ", opts.vocab_file));
+                                   " is in the vocabulary of ", vocab_origin));
   }
 
   // 3. Read, map and sum each cell's genes (kept for the medians and, with keep_rows, for a
@@ -474,7 +486,22 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
   log::debug(str("prepare: cells read at ", phase.seconds(), " s"));
   // 4. Gene medians: normalised values grouped by token (a counting sort, cells split between
   //    threads), then each group's median (tokens split between threads by equal shares of values).
-  {
+  //    Reused statistics: only which expressed genes have no median there.
+  if (reuse_stats) {
+    std::vector<uint8_t> expressed(c.vocab.size(), 0);
+    for (int32_t t : gathered->tokens) expressed[t] = 1;
+    std::vector<std::string> examples;
+    for (int32_t t = kNumSpecial; t < c.vocab.size(); ++t) {
+      if (!expressed[t] || c.gene_medians[t] > 0) continue;
+      if (++c.genes_without_median <= 5) examples.push_back(c.vocab.name(t));
+    }
+    if (c.genes_without_median) {
+      std::string e;
+      for (const auto& x : examples) e += " " + x;
+      log::warn(str(c.genes_without_median, " genes expressed here have no median in ", opts.stats_from,
+                    " (never expressed there; e.g.", e, "): ranked as if their median were 1"));
+    }
+  } else {
     const GatheredCells& g = *gathered;
     const int32_t V = c.vocab.size();
     const int64_t n = c.n_cells;
@@ -539,6 +566,13 @@ void write_summary(json::Writer& w, const PreparedCorpus& c, bool full_lists) {
   w.field("n_genes", static_cast<int64_t>(c.vocab.n_genes()));
   w.field("vocab_size", static_cast<int64_t>(c.vocab.size()));
   w.field("genes_unmapped", unmapped);
+  int64_t dropped = 0;
+  for (const auto& s : c.sources) dropped += s.genes_dropped;
+  w.field("genes_dropped", dropped);
+  if (!c.stats_from.empty()) {
+    w.field("stats_from", c.stats_from);
+    w.field("genes_without_median", c.genes_without_median);
+  }
   w.field("tokens_mean", c.stats.tokens_mean);
   w.field("tokens_max", c.stats.tokens_max);
   w.field("tokens_total", c.stats.tokens_total);
@@ -602,6 +636,8 @@ void save_corpus(const PreparedCorpus& c, const std::string& dir) {
   w.field("n_cells", c.n_cells);
   w.field("gene_table", c.gene_table.empty() ? std::string() : fs::absolute(c.gene_table).string());
   w.field("vocab_file", c.vocab_file.empty() ? std::string() : fs::absolute(c.vocab_file).string());
+  w.field("stats_from", c.stats_from.empty() ? std::string() : fs::absolute(c.stats_from).string());
+  w.field("genes_without_median", c.genes_without_median);
   w.key("sources").begin_array();
   for (size_t s = 0; s < c.sources.size(); ++s) {
     const SourceInfo& si = c.sources[s];
@@ -648,6 +684,8 @@ PreparedCorpus load_corpus(const std::string& dir) {
   c.n_cells = m["n_cells"].as<int64_t>();
   if (m["gene_table"]) c.gene_table = m["gene_table"].as<std::string>();
   if (m["vocab_file"]) c.vocab_file = m["vocab_file"].as<std::string>();
+  if (m["stats_from"]) c.stats_from = m["stats_from"].as<std::string>();
+  if (m["genes_without_median"]) c.genes_without_median = m["genes_without_median"].as<int64_t>();
   for (const auto& s : m["sources"]) {
     SourceInfo si;
     si.path = s["path"].as<std::string>();

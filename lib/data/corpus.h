@@ -31,6 +31,8 @@ struct PrepareOptions {
   TokenizeConfig tokenize;
   std::string gene_table;   // human_genes.tsv; "" = match names exactly, no table
   std::string vocab_file;   // vocab.tsv to use; "" = build the vocabulary from the data
+  std::string stats_from;   // a prepared DIR: tokenize with its vocabulary and gene medians (not
+                            // computed from these files); genes outside it are dropped and counted
   bool keep_rows = false;   // keep the cells in memory, mapped (PreparedCorpus::gathered): a
                             // Loader in this process then tokenizes without reading the files
   int threads = 2;
@@ -82,6 +84,10 @@ struct PreparedCorpus {
   int64_t n_cells = 0;               // all rows of all sources (global ids 0..n_cells-1)
   TokenStats stats;
   std::string gene_table, vocab_file;  // what prepare was given (provenance, in manifest.json)
+  std::string stats_from;              // the prepared DIR whose vocabulary and medians were reused
+  // With stats_from: genes of its vocabulary expressed here that have no median there (never
+  // expressed in that corpus); ranked with median 1, as tokenize_cell does.
+  int64_t genes_without_median = 0;
   // The mapped cells, when PrepareOptions::keep_rows (else null).
   std::shared_ptr<const GatheredCells> gathered;
   // Or raw matrices, one per source (hand-made corpora in tests); else the files are read.
