@@ -370,9 +370,19 @@ void Loader::Impl::tokenize_all(const PreparedCorpus& corpus) {
       }
     });
   }
+  // Or read from the files (a prepared DIR), logging progress every 2 s as prepare does.
+  int64_t read = 0;
+  auto last_log = std::chrono::steady_clock::now();
   for (size_t s = 0; !corpus.gathered && s < corpus.sources.size(); ++s) {
     const SourceInfo& si = corpus.sources[s];
     auto process = [&](const io::CellRows& rows, int64_t begin) {
+      read += rows.n_rows();
+      if (const auto now = std::chrono::steady_clock::now(); now - last_log > std::chrono::seconds(2)) {
+        last_log = now;
+        const double secs = std::chrono::duration<double>(now - chrono_start).count();
+        log::info(str("loader: read and tokenized ", read, "/", n, " cells (", si.path, "), ",
+                      static_cast<int64_t>(read / secs), " cells/s"));
+      }
       for (int64_t r = 0; r < rows.n_rows(); ++r) {
         const int64_t id = si.first_cell + begin + r;
         if (!role[id]) continue;
