@@ -11,6 +11,19 @@
 
 #include "util/log.h"
 
+// Vectorised loops are also built for AVX2 and picked at load time where the CPU has it (x86-64
+// only; not under sanitizers, whose runtime is not up when the ifunc resolver runs).
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SCTRAIN_NO_CLONES
+#endif
+#endif
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && !defined(SCTRAIN_NO_CLONES)
+#define SCTRAIN_AVX2_CLONE __attribute__((target_clones("avx2", "default")))
+#else
+#define SCTRAIN_AVX2_CLONE
+#endif
+
 namespace sctrain::data {
 
 const char* mode_name(TokenMode m) { return m == TokenMode::Rank ? "rank" : "binned"; }
@@ -78,19 +91,17 @@ void expression_bins(std::span<const float> values, int32_t n_bins, std::vector<
   }
 }
 
-__attribute__((target_clones("avx2", "default"))) void normalise(std::span<const float> values, double total,
-                                                                 double target_sum, double* out) {
+SCTRAIN_AVX2_CLONE void normalise(std::span<const float> values, double total, double target_sum, double* out) {
   for (size_t i = 0; i < values.size(); ++i) out[i] = normalised(values[i], total, target_sum);
 }
 
 namespace {
 
 // Order keys of a cell's genes: ~bits(normalised value / median), a zero median counting as 1.
-// Built for AVX2 too where the CPU has it: the two divisions a gene are much of the cost, and
+// Built for AVX2 too (SCTRAIN_AVX2_CLONE): the two divisions a gene are much of the cost, and
 // vector division rounds exactly as scalar division does.
-__attribute__((target_clones("avx2", "default"))) void score_keys(const float* values, const int32_t* tokens,
-                                                                  const double* medians, double target_sum,
-                                                                  double total, int64_t n, uint64_t* key) {
+SCTRAIN_AVX2_CLONE void score_keys(const float* values, const int32_t* tokens, const double* medians,
+                                   double target_sum, double total, int64_t n, uint64_t* key) {
   for (int64_t i = 0; i < n; ++i) {
     const double m = medians[tokens[i]];  // >= 0
     const double divisor = m + static_cast<double>(m <= 0) * (1.0 - m);  // m, or 1 for 0: no branch
