@@ -367,12 +367,12 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     si.n_genes = info.n_cols;
     si.first_cell = next_cell;
     next_cell += info.n_rows;
-    names[s] = opened.back().file.var_names(spec.matrix);
+    io::Dataframe var = opened.back().file.var_of(spec.matrix);  // read once: names and symbols
+    names[s] = std::move(var.index);
     if (static_cast<int64_t>(names[s].size()) != info.n_cols)
       throw std::runtime_error(str(spec.path, ": ", spec.matrix, " has ", info.n_cols, " columns but ", names[s].size(), " gene names"));
     all_names.insert(all_names.end(), names[s].begin(), names[s].end());
     if (use_table) {
-      io::Dataframe var = opened.back().file.var_of(spec.matrix);
       for (const char* col : kSymbolColumns) {
         const io::Column* column = var.find(col);
         if (!column || column->type == io::ColumnType::Numeric || column->type == io::ColumnType::Boolean) continue;
