@@ -350,14 +350,11 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
   }
   const bool use_table = !opts.gene_table.empty();
 
-  // 1. Open every source; its gene names, and a symbol column of var to fall back on.
+  // 1. Open every source's matrix; the cells are read from then on (step 3) while the genes
+  //    are named (var) and mapped.
   std::vector<OpenedMatrix> opened;
-  std::vector<std::vector<std::string>> names(opts.sources.size()), symbols(opts.sources.size());
-  std::vector<std::string> symbol_column(opts.sources.size());
-  std::vector<std::string> all_names;
   int64_t next_cell = 0;
-  for (size_t s = 0; s < opts.sources.size(); ++s) {
-    const SourceSpec& spec = opts.sources[s];
+  for (const SourceSpec& spec : opts.sources) {
     opened.push_back(open_matrix(spec.path, spec.matrix));
     const io::MatrixInfo& info = opened.back().matrix.info();
     SourceInfo si;
@@ -367,31 +364,38 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     si.n_genes = info.n_cols;
     si.first_cell = next_cell;
     next_cell += info.n_rows;
-    io::Dataframe var = opened.back().file.var_of(spec.matrix);  // read once: names and symbols
+    c.sources.push_back(std::move(si));
+  }
+  c.n_cells = next_cell;
+  const int T = std::max(1, std::min(opts.threads, 16));
+  Gatherer gatherer(opened, c.sources, c.n_cells, c.tokenize.max_len, opts.progress);
+  gatherer.start(T - 1);
+
+  // Gene names, and a symbol column of var to fall back on.
+  std::vector<std::vector<std::string>> names(opts.sources.size()), symbols(opts.sources.size());
+  std::vector<std::string> symbol_column(opts.sources.size());
+  std::vector<std::string> all_names;
+  for (size_t s = 0; s < opts.sources.size(); ++s) {
+    const SourceSpec& spec = opts.sources[s];
+    const int64_t n_cols = c.sources[s].n_genes;
+    io::Dataframe var = opened[s].file.var_of(spec.matrix);  // read once: names and symbols
     names[s] = std::move(var.index);
-    if (static_cast<int64_t>(names[s].size()) != info.n_cols)
-      throw std::runtime_error(str(spec.path, ": ", spec.matrix, " has ", info.n_cols, " columns but ", names[s].size(), " gene names"));
+    if (static_cast<int64_t>(names[s].size()) != n_cols)
+      throw std::runtime_error(str(spec.path, ": ", spec.matrix, " has ", n_cols, " columns but ", names[s].size(), " gene names"));
     all_names.insert(all_names.end(), names[s].begin(), names[s].end());
     if (use_table) {
       for (const char* col : kSymbolColumns) {
         const io::Column* column = var.find(col);
         if (!column || column->type == io::ColumnType::Numeric || column->type == io::ColumnType::Boolean) continue;
-        if (static_cast<int64_t>(column->size()) != info.n_cols) continue;
+        if (static_cast<int64_t>(column->size()) != n_cols) continue;
         symbol_column[s] = col;
         for (size_t j = 0; j < column->size(); ++j) symbols[s].push_back(column->text(j));
         all_names.insert(all_names.end(), symbols[s].begin(), symbols[s].end());
         break;
       }
     }
-    c.sources.push_back(std::move(si));
   }
-  c.n_cells = next_cell;
-
   log::debug(str("prepare: opened ", opts.sources.size(), " files at ", phase.seconds(), " s"));
-  // The cells are read from now on (step 3), while the genes are mapped.
-  const int T = std::max(1, std::min(opts.threads, 16));
-  Gatherer gatherer(opened, c.sources, c.n_cells, c.tokenize.max_len, opts.progress);
-  gatherer.start(T - 1);
   std::optional<GeneTable> table;
   if (use_table) {
     table = GeneTable::load(opts.gene_table, &all_names);
