@@ -41,22 +41,28 @@ class NameSet {
     size_t cap = 16;
     while (cap < 2 * names.size()) cap *= 2;
     slots_.assign(cap, std::string_view());
+    tags_.assign(cap, 0);
     mask_ = cap - 1;
     for (const auto& n : names) {
       if (n.empty()) continue;
-      size_t i = hash(n) & mask_;
-      while (!slots_[i].empty() && slots_[i] != n) i = (i + 1) & mask_;
+      const uint64_t h = hash(n);
+      size_t i = h & mask_;
+      while (tags_[i] != 0 && slots_[i] != n) i = (i + 1) & mask_;
       slots_[i] = n;
+      tags_[i] = tag(h);
     }
   }
   bool contains(std::string_view k) const {
-    for (size_t i = hash(k) & mask_;; i = (i + 1) & mask_) {
-      if (slots_[i].empty()) return false;
-      if (slots_[i] == k) return true;
+    const uint64_t h = hash(k);
+    const uint32_t t = tag(h);
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      if (tags_[i] == 0) return false;
+      if (tags_[i] == t && slots_[i] == k) return true;
     }
   }
 
  private:
+  static uint32_t tag(uint64_t h) { return static_cast<uint32_t>(h >> 32) | 1; }  // 0 = free slot
   static uint64_t hash(std::string_view s) {
     uint64_t h = 0x9E3779B97F4A7C15ULL ^ s.size();
     size_t i = 0;
@@ -71,7 +77,8 @@ class NameSet {
     h = (h ^ w) * 0x94D049BB133111EBULL;
     return h ^ (h >> 29);
   }
-  std::vector<std::string_view> slots_;  // views of the caller's names; empty = free
+  std::vector<std::string_view> slots_;  // views of the caller's names
+  std::vector<uint32_t> tags_;           // hash tags, 4 bytes a slot: a miss rarely reads slots_
   size_t mask_ = 0;
 };
 }  // namespace
