@@ -11,7 +11,9 @@
 #   STEPS=20 SHAPES="8x2048" scripts/bench_train.sh
 # Environment: SCTRAIN_BUILD_DIR (build), PYTHON (.deps/venv/bin/python3), OUT
 # (runs/bench_train), STEPS (10), WARMUP (3), SHAPES ("8x2048 2x8192"), VOCAB (32000),
-# CONFIG (configs/160m.yaml) and BERT_ARGS (a CPU smoke test at a tiny size:
+# CONFIG (configs/160m.yaml), the A/B switches of `sctrain bench train` (SCTRAIN_BENCH_SYNC=1: wait
+# for the GPU after every step; SCTRAIN_BF16_LN=0|nosplit: float32 LayerNorms | bf16 ones without
+# the fused residual gradient) and BERT_ARGS (a CPU smoke test at a tiny size:
 #   CONFIG=configs/quickstart.yaml BERT_ARGS="--layers 2 --hidden 128 --heads 4 --ffn 512" \
 #   SHAPES=2x128 STEPS=2 WARMUP=1 VOCAB=2000 scripts/bench_train.sh).
 set -uo pipefail

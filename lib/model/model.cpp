@@ -1,8 +1,10 @@
 #include "model/model.h"
 
 #include <ATen/autocast_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cmath>
 #include <stdexcept>
 
@@ -81,11 +83,63 @@ Inputs to_inputs(const data::Batch& b, const torch::Device& device) {
     in.min_length = std::min<int64_t>(in.min_length, l);
   }
   if (device != torch::Device(torch::kCPU)) {
+    // CUDA: from pinned memory, non-blocking. A pageable host-to-device copy synchronizes
+    // the stream, which would make the host wait for all queued GPU work here.
     for (auto* t : {&in.tokens, &in.bins, &in.lengths, &in.labels, &in.masked_positions,
                     &in.masked_targets})
-      if (t->defined()) *t = t->to(device);
+      if (t->defined())
+        *t = device.is_cuda() ? t->pin_memory().to(device, /*non_blocking=*/true) : t->to(device);
   }
   return in;
+}
+
+// ---- LayerNorm feeding a GEMM ----------------------------------------------------------
+
+namespace {
+std::atomic<bool> g_bf16_layer_norm{true}, g_split_norm_input{true};
+
+struct SplitForBf16Norm : public torch::autograd::Function<SplitForBf16Norm> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext*, const torch::Tensor& x) {
+    return {x, x.to(at::kBFloat16)};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list grads) {
+    const auto &gx = grads[0], &gb = grads[1];
+    if (!gb.defined()) return {gx};
+    if (!gx.defined()) return {gb.to(at::kFloat)};
+    return {gx + gb};  // float32 + bf16 -> float32, one kernel
+  }
+};
+}  // namespace
+
+void set_bf16_layer_norm(bool on) { g_bf16_layer_norm.store(on); }
+bool bf16_layer_norm() { return g_bf16_layer_norm.load(); }
+void set_split_norm_input(bool on) { g_split_norm_input.store(on); }
+
+bool bf16_norm_path(const torch::Tensor& x) {
+  constexpr auto dev = c10::DeviceType::CUDA;
+  return x.is_cuda() && g_bf16_layer_norm.load(std::memory_order_relaxed) &&
+         at::autocast::is_autocast_enabled(dev) && at::autocast::get_autocast_dtype(dev) == at::kBFloat16;
+}
+
+std::pair<torch::Tensor, torch::Tensor> split_for_bf16_norm(const torch::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "split_for_bf16_norm: float32 input expected, got ", x.scalar_type());
+  auto out = SplitForBf16Norm::apply(x);
+  return {out[0], out[1]};
+}
+
+torch::Tensor layer_norm_for_gemm(torch::nn::LayerNorm& ln, const torch::Tensor& x) {
+  constexpr auto dev = c10::DeviceType::CUDA;
+  if (!bf16_norm_path(x)) return ln(x);
+  const auto& o = ln->options;
+  torch::Tensor w, b;
+  if (o.elementwise_affine()) {
+    w = at::autocast::cached_cast(at::kBFloat16, ln->weight, dev);
+    b = at::autocast::cached_cast(at::kBFloat16, ln->bias, dev);
+  }
+  // Autocast would run layer_norm in float32: dispatch past it for this one call.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  return at::layer_norm(x.to(at::kBFloat16), o.normalized_shape(), w, b, o.eps());
 }
 
 // ---- Attention ----------------------------------------------------------------
@@ -157,9 +211,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
   auto views = fused.unbind(2);
   torch::Tensor q = views[0], k = views[1], v = views[2];
   if (c_.qk_norm) {
-    // Under autocast LayerNorm returns float32: bring q, k back to v's dtype.
-    q = q_norm(q).to(v.scalar_type());
-    k = k_norm(k).to(v.scalar_type());
+    // Under autocast's float32 LayerNorm (CPU autocast, or the bf16 path off), bring q and
+    // k back to v's dtype; on the CUDA bf16 path they already are.
+    q = layer_norm_for_gemm(q_norm, q).to(v.scalar_type());
+    k = layer_norm_for_gemm(k_norm, k).to(v.scalar_type());
   }
   torch::Tensor o;
   if (sigmoid_) {
@@ -208,10 +263,16 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x_in, const AttentionConte
     return y;
   };
   torch::Tensor x = x_in;
-  if (pre_ln_) {
-    x = x + branch(attn(ln1(x), ctx), gamma1);
-    x = x + branch(ffn(ln2(x)), gamma2);
-  } else {
+  if (pre_ln_ && x.scalar_type() == at::kFloat && bf16_norm_path(x) && g_split_norm_input.load()) {
+    // The residual stream x stays float32; the norms read its bf16 copy.
+    auto [r1, b1] = split_for_bf16_norm(x);
+    x = r1 + branch(attn(layer_norm_for_gemm(ln1, b1), ctx), gamma1);
+    auto [r2, b2] = split_for_bf16_norm(x);
+    x = r2 + branch(ffn(layer_norm_for_gemm(ln2, b2)), gamma2);
+  } else if (pre_ln_) {
+    x = x + branch(attn(layer_norm_for_gemm(ln1, x), ctx), gamma1);
+    x = x + branch(ffn(layer_norm_for_gemm(ln2, x)), gamma2);
+  } else {  // post-LN: the norms' outputs are the residual stream; autocast's float32 norm
     x = ln1(x + branch(attn(x, ctx), gamma1));
     x = ln2(x + branch(ffn(x), gamma2));
   }
@@ -293,7 +354,7 @@ MlmOutput ModelImpl::mlm(const torch::Tensor& hidden, const torch::Tensor& posit
   MlmOutput out;
   out.n_masked = positions.size(0);
   auto h = hidden.reshape({-1, c_.d_model}).index_select(0, positions);  // [M, d]
-  h = head_norm(torch::gelu(head_dense(h)));
+  h = layer_norm_for_gemm(head_norm, torch::gelu(head_dense(h)));
   out.logits = torch::nn::functional::linear(h, gene_emb->weight, head_bias);  // [M, V]
   out.targets = targets;
   if (out.n_masked == 0)

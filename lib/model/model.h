@@ -19,7 +19,9 @@ namespace sctrain::data { struct Batch; }
 
 namespace sctrain::model {
 
-// A Batch as tensors on one device.
+// A Batch as tensors on one device. On CUDA the host tensors are pinned and copied
+// asynchronously (no stream synchronization), so a caller can queue the next step's inputs
+// while the GPU still runs the last one.
 struct Inputs {
   torch::Tensor tokens;   // [B, N] int64
   torch::Tensor bins;     // [B, N] int64, or undefined when the batch has no bins
@@ -37,6 +39,28 @@ Inputs to_inputs(const data::Batch& b, const torch::Device& device);
 // (contiguous, no transposed copy). Under autocast on x's device, casts x, W, b first
 // (W and b through the autocast weight cache). Used for CUDA inputs.
 torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
+
+// LayerNorm whose output feeds a GEMM. Under CUDA bf16 autocast it runs in bf16: the input
+// is cast to bf16 and the norm's weight and bias go through the autocast weight cache (as
+// linear layers' weights do), so it reads and writes half the bytes of autocast's float32
+// LayerNorm and the GEMM needs no cast of its output; statistics are still accumulated in
+// float32. (LibTorch 2.11's CUDA LayerNorm has no bf16-input/float32-weight variant.)
+// Otherwise (CPU, float32, no autocast, or set_bf16_layer_norm(false)) it is ln(x).
+torch::Tensor layer_norm_for_gemm(torch::nn::LayerNorm& ln, const torch::Tensor& x);
+// The bf16 path of layer_norm_for_gemm: on by default; off gives autocast's float32 norm
+// (for A/B measurements and tests). Process-wide.
+void set_bf16_layer_norm(bool on);
+bool bf16_layer_norm();
+// Whether layer_norm_for_gemm takes its bf16 path for this input (CUDA, bf16 autocast, on).
+bool bf16_norm_path(const torch::Tensor& x);
+
+// A float32 residual stream x and its bf16 copy (a bf16 norm's input) from one autograd
+// node: (x, x.to(bf16)). Its backward returns g_x + g_bf16 in one mixed-dtype add, where
+// autograd would cast g_bf16 to float32 in one kernel and add in another; the sum is the
+// same (float32 adds of the same values). Used by the pre-LN blocks on the bf16 path
+// (off with set_split_norm_input(false), for A/B measurements).
+std::pair<torch::Tensor, torch::Tensor> split_for_bf16_norm(const torch::Tensor& x);
+void set_split_norm_input(bool on);
 
 // What the attention layers share in one forward pass.
 struct AttentionContext {

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <random>
 
+#include "model/model.h"
 #include "train/engine.h"
 #include "train/trainer.h"
 #include "util/json.h"
@@ -45,10 +46,37 @@ data::Batch synthetic_batch(int64_t B, int64_t L, int64_t vocab, int64_t n_bins,
   return b;
 }
 
+// Steps first .. first+n-1 as the trainer runs them: each step's statistics are collected
+// after the next step's forward and backward are queued (Engine::collect). sync: collect
+// each step right after its update and wait for the GPU to finish it (the host-synchronous
+// loop that trainers had before; for A/B measurements). Returns the last step's statistics
+// and adds every step's FLOPs and tokens.
+template <class Micro>
+StepStats run_steps(Engine& engine, Micro&& micro, int64_t first, int64_t n, bool sync,
+                    double* flops = nullptr, int64_t* tokens = nullptr) {
+  StepStats last;
+  auto take = [&](StepStats s) {
+    if (flops) *flops += s.flops;
+    if (tokens) *tokens += s.tokens;
+    last = std::move(s);
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    engine.forward_backward(micro(first + i));
+    if (engine.pending() > 0) take(engine.collect());
+    engine.update();
+    if (sync) {
+      take(engine.collect());
+      engine.synchronize();
+    }
+  }
+  if (engine.pending() > 0) take(engine.collect());
+  return last;
+}
+
 // SCTRAIN_PROFILE=n: Kineto over n more steps; prints GPU time per kernel name, the
 // GPU busy time and the wall time per step.
 template <class Micro>
-void profile_steps(Engine& engine, Micro&& micro, int n) {
+void profile_steps(Engine& engine, Micro&& micro, int n, bool sync) {
   namespace prof = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
   if (n <= 0) return;
@@ -57,7 +85,7 @@ void profile_steps(Engine& engine, Micro&& micro, int n) {
   prof::prepareProfiler(pc, acts);
   prof::enableProfiler(pc, acts);
   const auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < n; ++i) engine.train_step(micro(1000 + i));
+  run_steps(engine, micro, 1000, n, sync);
   engine.synchronize();
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   auto result = prof::disableProfiler();
@@ -125,6 +153,22 @@ int bench_train(Config cfg, const BenchOptions& o) {
   cfg.train.batch_size = o.batch_size;
   validate(cfg);
 
+  // A/B switches (same binary): SCTRAIN_BENCH_SYNC=1 waits for the GPU after every step;
+  // SCTRAIN_BF16_LN=0 runs the LayerNorms that feed GEMMs in float32 (autocast's policy),
+  // SCTRAIN_BF16_LN=nosplit in bf16 but without model::split_for_bf16_norm.
+  auto env_is = [](const char* name, const char* value) {
+    const char* e = std::getenv(name);
+    return e != nullptr && std::string(e) == value;
+  };
+  const bool sync = env_is("SCTRAIN_BENCH_SYNC", "1");
+  std::string layer_norm = "bf16+split";
+  if (env_is("SCTRAIN_BF16_LN", "0")) {
+    model::set_bf16_layer_norm(false);
+    layer_norm = "float32";
+  } else if (env_is("SCTRAIN_BF16_LN", "nosplit")) {
+    model::set_split_norm_input(false);
+    layer_norm = "bf16";
+  }
   std::string status = "ok";
   double tps = 0, tflops = 0, mem = -1, step_ms = 0, loss = 0;
   int64_t params = 0;
@@ -132,12 +176,15 @@ int bench_train(Config cfg, const BenchOptions& o) {
   try {
     Engine engine(cfg);
     params = engine.num_parameters();
+    if (!engine.autocast() || !engine.device().is_cuda()) layer_norm = "float32";
     device = engine.device().str();
     log::info(str("bench train: ", cfg.model.n_layers, "x", cfg.model.d_model, " (", params,
                   " parameters), ", cfg.model.attention, " attention, ", o.batch_size, " x ", o.seq_len,
                   " tokens, grad_accum ", cfg.train.grad_accum, ", ", device,
                   engine.autocast() ? " bf16 autocast" : " fp32",
-                  cfg.train.max_grad_norm > 0 ? "" : ", no gradient clipping"));
+                  cfg.train.max_grad_norm > 0 ? "" : ", no gradient clipping",
+                  engine.autocast() && engine.device().is_cuda() ? str(", ", layer_norm, " LayerNorm") : "",
+                  sync ? ", host sync after every step" : ""));
     std::mt19937_64 rng(static_cast<uint64_t>(cfg.train.seed));
     // A few distinct batches, reused: generating them is not what we measure.
     std::vector<data::Batch> pool;
@@ -147,21 +194,16 @@ int bench_train(Config cfg, const BenchOptions& o) {
       for (int64_t a = 0; a < cfg.train.grad_accum; ++a) m.push_back(pool[(step * cfg.train.grad_accum + a) % pool.size()]);
       return m;
     };
-    for (int64_t i = 0; i < o.warmup; ++i) engine.train_step(micro(i));
+    run_steps(engine, micro, 0, o.warmup, sync);
     engine.synchronize();
     engine.reset_peak_memory();
     double flops = 0;
     int64_t tokens = 0;
     const auto t0 = std::chrono::steady_clock::now();
-    for (int64_t i = 0; i < o.steps; ++i) {
-      StepStats s = engine.train_step(micro(o.warmup + i));
-      flops += s.flops;
-      tokens += s.tokens;
-      loss = s.loss;
-    }
+    loss = run_steps(engine, micro, o.warmup, o.steps, sync, &flops, &tokens).loss;
     engine.synchronize();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (const char* e = std::getenv("SCTRAIN_PROFILE")) profile_steps(engine, micro, std::atoi(e));
+    if (const char* e = std::getenv("SCTRAIN_PROFILE")) profile_steps(engine, micro, std::atoi(e), sync);
     tps = static_cast<double>(tokens) / secs;
     tflops = flops / secs / 1e12;
     mem = engine.peak_memory_gib();
@@ -183,6 +225,8 @@ int bench_train(Config cfg, const BenchOptions& o) {
       .field("seq_len", o.seq_len)
       .field("grad_accum", cfg.train.grad_accum)
       .field("clip", cfg.train.max_grad_norm > 0)
+      .field("host_sync", sync)
+      .field("layer_norm", layer_norm)
       .field("device", device)
       .field("steps", o.steps)
       .field("step_ms", step_ms)

@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/cuda.h>
 #include <yaml-cpp/yaml.h>
 
@@ -85,11 +86,18 @@ Engine::Engine(const Config& cfg) : cfg_(cfg), device_(resolve_device(cfg.train.
 }
 
 StepStats Engine::train_step(const std::vector<data::Batch>& micro) {
-  StepStats s;
-  s.lr = lr_at(cfg_.train, step_);
+  forward_backward(micro);
+  update();
+  return collect();
+}
+
+void Engine::forward_backward(const std::vector<data::Batch>& micro) {
+  if (have_grads_) throw std::logic_error("Engine::forward_backward: the last one got no update()");
   opt_->zero_grad();
-  torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(device_));
-  const double inv = 1.0 / static_cast<double>(micro.size());
+  counts_ = StepStats();
+  loss_sum_ = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat).device(device_));
+  n_micro_ = static_cast<int64_t>(micro.size());
+  const double inv = 1.0 / static_cast<double>(n_micro_);
   for (const auto& b : micro) {
     model::Inputs in = model::to_inputs(b, device_);
     torch::Tensor loss;
@@ -99,15 +107,30 @@ StepStats Engine::train_step(const std::vector<data::Batch>& micro) {
       loss = model_->mlm(hidden, in).loss;
     }
     (loss * inv).backward();
-    loss_sum += loss.detach();
-    s.cells += b.batch_size;
-    s.tokens += b.n_tokens();
-    s.padded_tokens += b.batch_size * b.seq_len;
-    s.masked += in.masked_positions.size(0);
-    s.flops += model::training_flops(cfg_.model, n_params_, b.lengths.data(), b.batch_size);
+    loss_sum_ += loss.detach();
+    counts_.cells += b.batch_size;
+    counts_.tokens += b.n_tokens();
+    counts_.padded_tokens += b.batch_size * b.seq_len;
+    counts_.masked += in.masked_positions.size(0);
+    counts_.flops += model::training_flops(cfg_.model, n_params_, b.lengths.data(), b.batch_size);
   }
+  have_grads_ = true;
+}
 
-  // Gradient norms: per parameter (one foreach kernel), summed per block, one host sync.
+void Engine::discard() {
+  opt_->zero_grad();
+  have_grads_ = false;
+}
+
+void Engine::update() {
+  if (!have_grads_) throw std::logic_error("Engine::update: no forward_backward before it");
+  have_grads_ = false;
+  torch::NoGradGuard no_grad;
+  Pending p;
+  p.s = counts_;
+  p.s.lr = lr_at(cfg_.train, step_);
+
+  // Gradient norms: per parameter (one foreach kernel), summed per block.
   std::vector<torch::Tensor> grads;
   std::vector<int64_t> gid;
   for (size_t i = 0; i < group_params_.size(); ++i)
@@ -121,10 +144,44 @@ StepStats Engine::train_step(const std::vector<data::Batch>& micro) {
     group_index_host_ = gid;
     group_index_ = torch::tensor(gid, torch::kLong).to(device_);
   }
-  const auto& idx = group_index_;
-  auto group_sq = torch::zeros({n_groups_}, sq.options()).index_add_(0, idx, sq);
-  auto host = torch::cat({(loss_sum * inv).reshape({1}), group_sq}).to(torch::kCPU, torch::kDouble);
-  auto h = host.accessor<double, 1>();
+  auto group_sq = torch::zeros({n_groups_}, sq.options()).index_add_(0, group_index_, sq);
+  auto stats = torch::cat({(loss_sum_ * (1.0 / static_cast<double>(n_micro_))).reshape({1}), group_sq})
+                   .to(torch::kDouble);
+  // To the host without waiting: pinned memory, a non-blocking copy, an event after it.
+  p.host = torch::empty({stats.numel()}, torch::TensorOptions().dtype(torch::kDouble).pinned_memory(device_.is_cuda()));
+  p.host.copy_(stats, /*non_blocking=*/device_.is_cuda());
+  if (device_.is_cuda()) {
+    c10::impl::VirtualGuardImpl impl(device_.type());
+    p.ready.emplace(device_.type());
+    p.ready->record(impl.getStream(device_));
+  }
+
+  // The decisions the host made from these numbers, made on the device: skip the update
+  // when the loss or the global norm is not finite; clip to max_grad_norm (only when the
+  // norm exceeds it; max_grad_norm 0: no scaling at all).
+  auto total = stats.narrow(0, 1, n_groups_).sum();
+  auto finite = torch::isfinite(stats[0]).logical_and(torch::isfinite(total));
+  auto found_inf = finite.logical_not().to(torch::kFloat);
+  std::optional<torch::Tensor> grad_scale;
+  const double max_norm = cfg_.train.max_grad_norm;
+  if (max_norm > 0) {
+    auto norm = total.sqrt();
+    // AdamW divides the gradients by this: (norm + 1e-6) / max_norm when clipping, else 1.
+    grad_scale = torch::where(norm > max_norm, (norm + 1e-6) / max_norm, torch::ones_like(norm)).to(torch::kFloat);
+  }
+  opt_->step(p.s.lr, grad_scale, found_inf);
+  ++step_;
+  p.s.step = step_;
+  pending_.push_back(std::move(p));
+}
+
+StepStats Engine::collect() {
+  if (pending_.empty()) throw std::logic_error("Engine::collect: no updated step to collect");
+  Pending p = std::move(pending_.front());
+  pending_.pop_front();
+  if (p.ready) p.ready->synchronize();
+  StepStats s = std::move(p.s);
+  const double* h = p.host.const_data_ptr<double>();
   s.loss = h[0];
   double total = 0;
   for (int64_t g = 0; g < n_groups_; ++g) {
@@ -133,19 +190,7 @@ StepStats Engine::train_step(const std::vector<data::Batch>& micro) {
   }
   s.grad_norm = std::sqrt(total);
   s.finite = std::isfinite(s.loss) && std::isfinite(s.grad_norm);
-  ++step_;
-  if (!s.finite) {
-    s.applied = false;
-    opt_->zero_grad();
-    return s;
-  }
-  // Clipping only when enabled: with max_grad_norm 0 no scaling happens at all.
-  const double max_norm = cfg_.train.max_grad_norm;
-  if (max_norm > 0 && s.grad_norm > max_norm) {
-    torch::NoGradGuard g;
-    at::_foreach_mul_(grads, max_norm / (s.grad_norm + 1e-6));
-  }
-  opt_->step(s.lr);
+  s.applied = s.finite;  // update() skipped it on the device otherwise
   return s;
 }
 

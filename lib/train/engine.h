@@ -1,9 +1,12 @@
 // One model, its optimizer and schedule on one device: what `pretrain` and `bench train`
 // drive. Includes LibTorch: include from .cpp files only.
 #pragma once
+#include <c10/core/Event.h>
 #include <torch/torch.h>
 
+#include <deque>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,6 +22,7 @@ namespace sctrain::train {
 double lr_at(const TrainConfig& t, int64_t step);
 
 struct StepStats {
+  int64_t step = 0;                      // optimizer steps done, this one included (Engine::step())
   double loss = 0;                       // mean masked-token cross-entropy over micro-batches
   double grad_norm = 0;                  // global L2 norm of the gradients, before clipping
   std::vector<double> block_grad_norms;  // per Model::block_names() group
@@ -43,7 +47,25 @@ class Engine {
 
   // One optimizer step over these micro-batches (gradient accumulation). Advances step().
   // A non-finite loss or gradient never updates the weights (the caller applies nan_policy).
+  // = forward_backward(micro); update(); return collect();
   StepStats train_step(const std::vector<data::Batch>& micro);
+
+  // The same step in three calls, so that the host can queue the next step's GPU work
+  // before it waits for this step's statistics (no idle GPU between steps):
+  //   forward_backward(m1); update();
+  //   forward_backward(m2); s1 = collect(); update();   // ... s2 = collect()
+  // The order of GPU work, and so every result, is that of train_step.
+  // forward_backward: zeroes the gradients, runs forward and backward of each micro-batch.
+  void forward_backward(const std::vector<data::Batch>& micro);
+  // update: gradient norms, the non-finite check and clipping on the device (no host sync),
+  // then AdamW, skipped on the device (found_inf) when the loss or a gradient is not finite.
+  // Queues a copy of the statistics to the host. Advances step().
+  void update();
+  // The statistics of the oldest updated, not yet collected step (waits for them only).
+  StepStats collect();
+  // Drops the gradients of a forward_backward that will get no update (nan_policy: stop).
+  void discard();
+  size_t pending() const { return pending_.size(); }
   EvalStats evaluate(const std::vector<data::Batch>& batches);
 
   // model.pt and train_state.pt into / from a directory.
@@ -73,6 +95,19 @@ class Engine {
   torch::Tensor group_index_;               // group of each gradient, on the device (cached)
   std::vector<int64_t> group_index_host_;
   int64_t n_groups_ = 0, n_params_ = 0, step_ = 0;
+
+  // Between forward_backward and update.
+  bool have_grads_ = false;
+  torch::Tensor loss_sum_;  // sum of the micro-batches' losses, on the device
+  int64_t n_micro_ = 0;
+  StepStats counts_;        // cells, tokens, padded_tokens, masked, flops
+  // Updated steps whose statistics are on their way to the host.
+  struct Pending {
+    StepStats s;                      // what the host knew at update()
+    torch::Tensor host;               // [loss, group squared norms...] float64 (pinned on CUDA)
+    std::optional<c10::Event> ready;  // recorded after the copy (CUDA)
+  };
+  std::deque<Pending> pending_;
 };
 
 // Loads model.pt into a model (for evaluation and embedding).

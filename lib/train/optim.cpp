@@ -33,8 +33,12 @@ void AdamW::zero_grad() {
   for (auto& s : slots_) s.param.mutable_grad().reset();
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, const std::optional<torch::Tensor>& grad_scale,
+                 const std::optional<torch::Tensor>& found_inf) {
   torch::NoGradGuard g;
+  // Step counts advance by 1 - found_inf: on the device, no host sync.
+  torch::Tensor advance;
+  if (found_inf) advance = 1.0 - *found_inf;
   for (int decay = 0; decay < 2; ++decay) {
     std::vector<torch::Tensor> p, gr, m, v, st;
     for (auto& s : slots_) {
@@ -47,11 +51,12 @@ void AdamW::step(double lr) {
     }
     if (p.empty()) continue;
     const double wd = decay ? opts_.weight_decay : 0.0;
-    at::_foreach_add_(st, 1.0);
+    if (advance.defined()) at::_foreach_add_(st, advance);
+    else at::_foreach_add_(st, 1.0);
     if (fused_) {
       try {
         at::_fused_adamw_(p, gr, m, v, {}, st, lr, opts_.beta1, opts_.beta2, wd, opts_.eps,
-                          /*amsgrad=*/false, /*maximize=*/false);
+                          /*amsgrad=*/false, /*maximize=*/false, grad_scale, found_inf);
         continue;
       } catch (const c10::Error& e) {
         log::warn(str("fused AdamW unavailable (", e.what_without_backtrace(),
@@ -59,7 +64,9 @@ void AdamW::step(double lr) {
         fused_ = false;
       }
     }
+    if (found_inf && found_inf->item<float>() != 0.0f) continue;
     for (size_t i = 0; i < p.size(); ++i) {
+      if (grad_scale) gr[i].div_(*grad_scale);
       const double t = st[i].item<double>();
       p[i].mul_(1.0 - lr * wd);
       m[i].lerp_(gr[i], 1.0 - opts_.beta1);

@@ -5,6 +5,7 @@
 #pragma once
 #include <torch/types.h>
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,7 +24,12 @@ struct AdamWOptions {
 class AdamW {
  public:
   AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& named_params, AdamWOptions opts);
-  void step(double lr);  // parameters without a gradient are left alone
+  // Parameters without a gradient are left alone. Optional device scalars (float32), as
+  // ATen's fused AdamW takes them, so that the host need not read anything first:
+  //   grad_scale: the gradients are divided by it first (and stored so): clipping;
+  //   found_inf: 1 skips the whole update (weights, moments and step counts unchanged).
+  void step(double lr, const std::optional<torch::Tensor>& grad_scale = std::nullopt,
+            const std::optional<torch::Tensor>& found_inf = std::nullopt);
   void zero_grad();      // gradients set to none
   void save(torch::serialize::OutputArchive& ar) const;
   void load(torch::serialize::InputArchive& ar);

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -47,6 +48,7 @@ class SignalScope {
     if (!on_) return;
     sigaction(SIGINT, &old_int_, nullptr);
     sigaction(SIGTERM, &old_term_, nullptr);
+    g_signal = 0;  // handled: a later run in this process (tests) starts clean
   }
 
  private:
@@ -290,17 +292,31 @@ int pretrain(Config cfg, const PretrainOptions& opts) {
   const auto run_start = std::chrono::steady_clock::now();
   const int64_t first_step = engine.step();
   double tok_window = 0, time_window = 0;
+  const bool stop_on_nan = cfg.train.nan_policy == "stop";
+  // Steps after which the trainer validates, checkpoints or ends: it collects them at once.
+  // Other steps are collected one step late, after the next step's forward and backward are
+  // queued, so that the GPU never waits for the host (Engine::collect). The order of GPU work
+  // is the same either way, so are the results.
+  auto boundary = [&](int64_t step) {
+    return step >= stop || (cfg.train.val_every > 0 && step % cfg.train.val_every == 0) ||
+           (cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0);
+  };
+  std::deque<int64_t> epochs;  // the loader's epoch after each uncollected step's batches
+  auto t_last = std::chrono::steady_clock::now();  // the previous step was done
+  engine.reset_peak_memory();
 
-  while (engine.step() < stop) {
-    const auto t0 = std::chrono::steady_clock::now();
-    engine.reset_peak_memory();
-    std::vector<data::Batch> micro;
-    for (int64_t i = 0; i < cfg.train.grad_accum; ++i) micro.push_back(loader.next());
-    StepStats s = engine.train_step(micro);
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const int64_t step = engine.step();
+  // Collects the oldest updated step and writes its metrics line and console line.
+  auto finish = [&]() -> StepStats {
+    StepStats s = engine.collect();
+    const auto now = std::chrono::steady_clock::now();
+    const double secs = std::chrono::duration<double>(now - t_last).count();
+    t_last = now;
+    const int64_t step = s.step;
     const double tps = static_cast<double>(s.tokens) / secs, tflops = s.flops / secs / 1e12;
     const double mem = engine.peak_memory_gib();
+    engine.reset_peak_memory();
+    const int64_t epoch = epochs.front();
+    epochs.pop_front();
 
     json::Writer w;
     w.begin_object()
@@ -317,7 +333,7 @@ int pretrain(Config cfg, const PretrainOptions& opts) {
         .field("tflops", tflops);
     if (mem >= 0) w.field("mem_peak_gib", mem);
     else w.key("mem_peak_gib").null();
-    w.field("epoch", loader.state().epoch);
+    w.field("epoch", epoch);
     if (!s.applied) w.field("skipped", true);
     w.end_object();
     metrics << w.str() << "\n";
@@ -325,7 +341,7 @@ int pretrain(Config cfg, const PretrainOptions& opts) {
 
     tok_window += static_cast<double>(s.tokens);
     time_window += secs;
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+    const double elapsed = std::chrono::duration<double>(now - run_start).count();
     const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(stop - step);
     std::string line = str("step ", step, "/", stop, " | loss ", fixed(s.loss, 4), " | lr ",
                            fixed(s.lr * 1e3, 3), "e-3 | gnorm ", fixed(s.grad_norm, 3), " | ",
@@ -339,20 +355,43 @@ int pretrain(Config cfg, const PretrainOptions& opts) {
     }
     if (step % cfg.train.log_every == 0) tok_window = time_window = 0;
 
-    if (!s.finite) {
+    if (!s.finite)
       con.warn(str("step ", step, ": non-finite ", std::isfinite(s.loss) ? "gradient" : "loss",
                    " (loss ", s.loss, ", grad norm ", s.grad_norm, "): update ",
-                   cfg.train.nan_policy == "skip" ? "skipped (nan_policy: skip)" : "dropped; stopping (nan_policy: stop)"));
-      if (cfg.train.nan_policy == "stop") {
+                   stop_on_nan ? "dropped; stopping (nan_policy: stop)" : "skipped (nan_policy: skip)"));
+    return s;
+  };
+
+  bool queued = false;  // a step is updated but not collected
+  while (engine.step() < stop) {
+    std::vector<data::Batch> micro;
+    for (int64_t i = 0; i < cfg.train.grad_accum; ++i) micro.push_back(loader.next());
+    epochs.push_back(loader.state().epoch);
+    engine.forward_backward(micro);
+    if (queued) {  // the previous step, while this one runs on the GPU
+      queued = false;
+      if (!finish().finite && stop_on_nan) {
+        engine.discard();  // this step never gets its update
         exit_code = 3;
         break;
       }
+    }
+    engine.update();
+    const int64_t step = engine.step();
+    if (!boundary(step) && g_signal.load() == 0) {
+      queued = true;
+      continue;
+    }
+    if (!finish().finite && stop_on_nan) {
+      exit_code = 3;
+      break;
     }
     if (cfg.train.val_every > 0 && step % cfg.train.val_every == 0 && step != stop) validate_now(step);
     if (cfg.train.checkpoint_every > 0 && step % cfg.train.checkpoint_every == 0 && step != stop) {
       last_ckpt = save(step);
       last_saved = step;
     }
+    t_last = std::chrono::steady_clock::now();  // validation and checkpoints are no step's time
     if (g_signal.load() != 0) {
       const int sig = g_signal.load();
       con.say(str(sig == SIGINT ? "SIGINT" : "SIGTERM", ": stopping after step ", step));

@@ -1,6 +1,8 @@
 // The encoder: shapes, gradients, parameter counts, the masked-only head, padding
 // invariance (softmax and sigmoid), and the sigmoid reference against float64 loops.
 #include <gtest/gtest.h>
+#include <ATen/autocast_mode.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -299,4 +301,171 @@ TEST(Modules, LinearGemmGradsMatchesLinear) {
   auto x2 = torch::randn({7, 5});
   auto gw = torch::autograd::grad({model::linear_gemm_grads(x2, w, b.detach())}, {w}, {g})[0];
   EXPECT_TRUE(torch::allclose(gw, g.t().mm(x2), 1e-5, 1e-6));
+}
+
+// layer_norm_for_gemm off the CUDA bf16 path is the module itself (CPU, float32).
+TEST(Modules, LayerNormForGemmOnCpuIsLayerNorm) {
+  torch::manual_seed(0);
+  torch::nn::LayerNorm ln(torch::nn::LayerNormOptions({8}).eps(1e-5));
+  {
+    torch::NoGradGuard g;
+    ln->weight.uniform_(0.5, 1.5);
+    ln->bias.uniform_(-0.5, 0.5);
+  }
+  auto x = torch::randn({3, 5, 8});
+  EXPECT_TRUE(torch::equal(model::layer_norm_for_gemm(ln, x), ln(x)));
+  EXPECT_TRUE(model::bf16_layer_norm());  // on by default
+}
+
+// split_for_bf16_norm: (x, bf16(x)) whose backward sums the two gradients as autograd
+// would (the same float32 values), aliasing x rather than copying it.
+TEST(Modules, SplitForBf16NormGradients) {
+  torch::manual_seed(0);
+  auto x = torch::randn({4, 6}, torch::requires_grad());
+  auto w1 = torch::randn({4, 6}), w2 = torch::randn({4, 6});
+  for (int uses = 0; uses < 3; ++uses) {  // both outputs, the float32 one, the bf16 one
+    auto [r, b] = model::split_for_bf16_norm(x);
+    EXPECT_EQ(r.data_ptr(), x.data_ptr());
+    EXPECT_EQ(b.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(torch::equal(b, x.detach().to(torch::kBFloat16)));
+    auto x2 = x.detach().clone().requires_grad_();
+    torch::Tensor loss, loss2;
+    if (uses == 0) {
+      loss = (r * w1).sum() + (b.to(torch::kFloat) * w2).sum();
+      loss2 = (x2 * w1).sum() + (x2.to(torch::kBFloat16).to(torch::kFloat) * w2).sum();
+    } else if (uses == 1) {
+      loss = (r * w1).sum();
+      loss2 = (x2 * w1).sum();
+    } else {
+      loss = (b.to(torch::kFloat) * w2).sum();
+      loss2 = (x2.to(torch::kBFloat16).to(torch::kFloat) * w2).sum();
+    }
+    auto g = torch::autograd::grad({loss}, {x})[0];
+    auto g2 = torch::autograd::grad({loss2}, {x2})[0];
+    EXPECT_EQ(g.scalar_type(), torch::kFloat);
+    EXPECT_TRUE(torch::equal(g, g2)) << uses;
+  }
+  EXPECT_THROW(model::split_for_bf16_norm(x.to(torch::kDouble)), c10::Error);
+}
+
+namespace {
+struct CudaAutocast {
+  CudaAutocast() {
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  }
+  ~CudaAutocast() {
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::clear_cache();
+  }
+};
+
+// max |a - b| / max |b|
+double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
+  auto ad = a.to(torch::kDouble), bd = b.to(torch::kDouble);
+  return ((ad - bd).abs().max() / bd.abs().max().clamp_min(1e-30)).item<double>();
+}
+}  // namespace
+
+// On CUDA under bf16 autocast, the pre-LN blocks' norms (and QK-norm, and the head's) run in
+// bf16: the block's output and every gradient equal those of autocast's float32 LayerNorm
+// within bf16 rounding.
+TEST(Modules, Bf16LayerNormMatchesAutocastGpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  torch::manual_seed(0);
+  ModelConfig c = tiny();
+  c.d_model = 128;
+  c.n_heads = 2;
+  c.d_ff = 256;
+  c.qk_norm = true;
+  model::Block block(c);
+  block->to(torch::kCUDA);
+  {  // LayerNorm weights away from their initial 1 and 0
+    torch::NoGradGuard g;
+    for (auto& p : block->named_parameters())
+      if (p.key().find("norm") != std::string::npos || p.key().find("ln") != std::string::npos)
+        p.value().add_(torch::randn_like(p.value()) * 0.2);
+  }
+  auto x = (torch::randn({2, 64, c.d_model}) * 3 + 1).to(torch::kCUDA).requires_grad_();
+  model::AttentionContext ctx;
+  ctx.lengths = torch::full({2}, 64, torch::TensorOptions().dtype(torch::kInt).device(torch::kCUDA));
+  auto g = torch::randn({2, 64, c.d_model}).to(torch::kCUDA);
+  auto run = [&](bool bf16, bool split = true) {
+    model::set_bf16_layer_norm(bf16);
+    model::set_split_norm_input(split);
+    std::vector<torch::Tensor> out;
+    {
+      CudaAutocast ac;
+      out.push_back(block(x, ctx));
+    }
+    EXPECT_EQ(out[0].scalar_type(), torch::kFloat);  // the residual stream stays float32
+    std::vector<torch::Tensor> wrt{x};
+    for (const auto& p : block->parameters()) wrt.push_back(p);
+    auto grads = torch::autograd::grad({out[0]}, wrt, {g});
+    out.insert(out.end(), grads.begin(), grads.end());
+    return out;
+  };
+  auto ref = run(false), fast = run(true), nosplit = run(true, false);
+  model::set_bf16_layer_norm(true);
+  model::set_split_norm_input(true);
+  auto names = block->named_parameters();
+  EXPECT_LT(rel_err(fast[0], ref[0]), 2e-2) << "output";
+  EXPECT_LT(rel_err(fast[1], ref[1]), 3e-2) << "input gradient";
+  double scale = 0;
+  for (size_t i = 2; i < ref.size(); ++i) scale = std::max(scale, ref[i].abs().max().item<double>());
+  for (size_t i = 2; i < fast.size(); ++i) {
+    const auto& name = names[i - 2].key();
+    EXPECT_EQ(fast[i].scalar_type(), torch::kFloat) << name;
+    if (name == "attn.k_norm.bias") {
+      // Softmax is unchanged by a vector added to every key: the true gradient is 0, and
+      // both paths give rounding noise only.
+      EXPECT_LT(fast[i].abs().max().item<double>(), 1e-2 * scale) << name;
+      continue;
+    }
+    EXPECT_LT(rel_err(fast[i], ref[i]), 5e-2) << name;
+  }
+  // split_for_bf16_norm changes how the gradients are summed, not what they are.
+  for (size_t i = 0; i < fast.size(); ++i)
+    EXPECT_LT(rel_err(fast[i], nosplit[i]), i >= 2 && names[i - 2].key() == "attn.k_norm.bias" ? 1.0 : 1e-2) << i;
+
+  // The bf16 path makes bf16 norms: the output of ln1 feeds the qkv GEMM uncast.
+  CudaAutocast ac;
+  auto y = model::layer_norm_for_gemm(block->ln1, x);
+  EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+  model::set_bf16_layer_norm(false);
+  EXPECT_EQ(model::layer_norm_for_gemm(block->ln1, x).scalar_type(), torch::kFloat);
+  model::set_bf16_layer_norm(true);
+}
+
+// A whole model: loss and gradients with the bf16 norms against autocast's float32 norms.
+TEST(Model, Bf16LayerNormLossMatchesAutocastGpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  torch::manual_seed(0);
+  ModelConfig c = tiny();
+  c.d_model = 64;
+  c.n_heads = 2;
+  c.d_ff = 128;
+  c.max_len = 64;
+  c.vocab_size = 50;
+  Model m(c);
+  m->to(torch::kCUDA);
+  auto in = model::to_inputs(make_batch({40, 64, 33}, 50), torch::kCUDA);
+  auto run = [&](bool bf16) {
+    model::set_bf16_layer_norm(bf16);
+    for (auto& p : m->parameters()) p.mutable_grad().reset();
+    torch::Tensor loss;
+    {
+      CudaAutocast ac;
+      loss = m->mlm(m->forward(in), in).loss;
+    }
+    loss.backward();
+    std::vector<torch::Tensor> out{loss.detach()};
+    for (auto& p : m->parameters()) out.push_back(p.grad().clone());
+    return out;
+  };
+  auto ref = run(false), fast = run(true);
+  model::set_bf16_layer_norm(true);
+  EXPECT_NEAR(fast[0].item<double>(), ref[0].item<double>(), 5e-3 * ref[0].item<double>());
+  auto names = m->named_parameters();
+  for (size_t i = 1; i < fast.size(); ++i) EXPECT_LT(rel_err(fast[i], ref[i]), 5e-2) << names[i - 1].key();
 }

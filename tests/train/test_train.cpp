@@ -9,8 +9,13 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <limits>
+#include <sstream>
 #include <thread>
 
+#include <torch/cuda.h>
+
+#include "model/model.h"
 #include "test_data.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -86,6 +91,51 @@ std::vector<Line> loss_lines(const fs::path& metrics) {
     out.push_back(l);
   }
   return out;
+}
+
+// An engine-level run: a tiny model, synthetic batches (random genes, every 4th masked).
+train::Config tiny_engine(const std::string& device, double max_grad_norm) {
+  train::Config c;
+  c.model.vocab_size = 60;
+  c.model.d_model = 32;
+  c.model.n_layers = 2;
+  c.model.n_heads = 2;
+  c.model.d_ff = 64;
+  c.model.max_len = 32;
+  c.model.qk_norm = true;
+  c.train.max_steps = 20;
+  c.train.lr = 3e-3;
+  c.train.warmup_steps = 2;
+  c.train.max_grad_norm = max_grad_norm;
+  c.train.device = device;
+  return c;
+}
+
+data::Batch synthetic_batch(int64_t B, int64_t L, int32_t vocab, uint64_t seed) {
+  data::Batch b;
+  b.batch_size = B;
+  b.seq_len = L;
+  b.lengths.assign(B, static_cast<int32_t>(L));
+  b.labels.assign(B * L, data::kIgnoreLabel);
+  uint64_t x = seed;
+  for (int64_t i = 0; i < B * L; ++i) {
+    x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+    const int32_t g = data::kNumSpecial + static_cast<int32_t>((x >> 33) % (vocab - data::kNumSpecial));
+    b.tokens.push_back(i % L == 0 ? data::kCls : g);
+    if (i % L != 0 && i % 4 == 1) {
+      b.labels[i] = g;
+      b.tokens[i] = data::kMask;
+    }
+  }
+  for (int64_t i = 0; i < B; ++i) b.cell_ids.push_back(i);
+  return b;
+}
+
+double grad_norm_of(train::Engine& e) {
+  double sq = 0;
+  for (const auto& p : e.model()->parameters())
+    if (p.grad().defined()) sq += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
+  return std::sqrt(sq);
 }
 
 train::PretrainOptions quiet(const fs::path& out, bool resume = false) {
@@ -333,4 +383,176 @@ TEST(AdamW, MatchesLibTorch) {
   }
   EXPECT_TRUE(torch::allclose(w, w2, 1e-5, 1e-6)) << (w - w2).abs().max().item<double>();
   EXPECT_TRUE(torch::allclose(b, b2, 1e-5, 1e-6)) << (b - b2).abs().max().item<double>();
+}
+
+// found_inf skips everything; grad_scale divides the gradients first (clipping).
+TEST(AdamW, FoundInfSkipsAndGradScaleDivides) {
+  torch::manual_seed(0);
+  auto w = torch::randn({4, 3}).requires_grad_(), w2 = w.detach().clone().requires_grad_();
+  train::AdamWOptions o;
+  o.weight_decay = 0.1;
+  train::AdamW ours({{"w", w}}, o), ref({{"w", w2}}, o);
+  auto x = torch::randn({5, 4});
+  for (int step = 0; step < 3; ++step) {
+    ours.zero_grad();
+    ref.zero_grad();
+    torch::matmul(x, w).tanh().sum().backward();
+    torch::matmul(x, w2).tanh().sum().backward();
+    const auto before = w.detach().clone();
+    ours.step(0.01, torch::tensor(1.0f), torch::tensor(1.0f));  // skipped
+    EXPECT_TRUE(torch::equal(w, before));
+    ours.step(0.01, torch::tensor(4.0f), torch::tensor(0.0f));  // gradients / 4
+    {
+      torch::NoGradGuard g;
+      w2.mutable_grad().mul_(0.25);
+    }
+    ref.step(0.01);
+    EXPECT_TRUE(torch::allclose(w, w2, 1e-6, 1e-7)) << "step " << step;
+    EXPECT_TRUE(torch::allclose(w.grad(), w2.grad(), 1e-6, 1e-7));  // stored divided
+  }
+  // The skipped steps did not count: the step count is 3, as the reference's.
+  torch::serialize::OutputArchive out;
+  ours.save(out);
+  std::ostringstream bytes;
+  out.save_to(bytes);
+  std::istringstream in(bytes.str());
+  torch::serialize::InputArchive ar;
+  ar.load_from(in);
+  torch::Tensor step;
+  ar.read("adamw.w.step", step);
+  EXPECT_EQ(step.item<float>(), 3.0f);
+}
+
+// forward_backward / update / collect in the pipelined order give train_step's results:
+// statistics, weights, and clipping (the gradients left after the update have norm max_norm).
+void pipelined_equals_train_step(const std::string& device, bool exact) {
+  for (double clip : {0.0, 0.05}) {
+    auto cfg = tiny_engine(device, clip);
+    std::vector<data::Batch> batches;
+    for (uint64_t i = 0; i < 5; ++i) batches.push_back(synthetic_batch(3, 16, 60, 11 + i));
+    train::Engine a(cfg), b(cfg);
+    std::vector<train::StepStats> sa, sb;
+    for (const auto& x : batches) {
+      sa.push_back(a.train_step({x}));
+      if (clip > 0 && sa.back().grad_norm > clip)
+        EXPECT_NEAR(grad_norm_of(a), clip, 1e-4 * clip) << device;
+      else
+        EXPECT_NEAR(grad_norm_of(a), sa.back().grad_norm, 1e-4 * sa.back().grad_norm) << device;
+    }
+    for (size_t i = 0; i < batches.size(); ++i) {
+      b.forward_backward({batches[i]});
+      if (i > 0) sb.push_back(b.collect());
+      b.update();
+      EXPECT_EQ(b.pending(), 1u);
+    }
+    sb.push_back(b.collect());
+    EXPECT_EQ(b.pending(), 0u);
+    ASSERT_EQ(sa.size(), sb.size());
+    for (size_t i = 0; i < sa.size(); ++i) {
+      EXPECT_EQ(sb[i].step, static_cast<int64_t>(i + 1));
+      EXPECT_EQ(sa[i].step, sb[i].step);
+      EXPECT_TRUE(sb[i].finite && sb[i].applied);
+      EXPECT_EQ(sa[i].tokens, sb[i].tokens);
+      EXPECT_EQ(sa[i].masked, sb[i].masked);
+      EXPECT_DOUBLE_EQ(sa[i].lr, sb[i].lr);
+      ASSERT_EQ(sb[i].block_grad_norms.size(), 4u);
+      if (exact) {
+        EXPECT_EQ(sa[i].loss, sb[i].loss) << device << " step " << i;
+        EXPECT_EQ(sa[i].grad_norm, sb[i].grad_norm) << device << " step " << i;
+      } else {  // GPU attention backward may use atomics: not bitwise reproducible
+        EXPECT_NEAR(sa[i].loss, sb[i].loss, 1e-3 * std::abs(sa[i].loss)) << device << " step " << i;
+        EXPECT_NEAR(sa[i].grad_norm, sb[i].grad_norm, 2e-2 * sa[i].grad_norm) << device << " step " << i;
+      }
+    }
+    auto pa = a.model()->parameters(), pb = b.model()->parameters();
+    for (size_t i = 0; i < pa.size(); ++i)
+      if (exact) EXPECT_TRUE(torch::equal(pa[i], pb[i])) << i;
+      else EXPECT_TRUE(torch::allclose(pa[i], pb[i], 1e-2, 1e-2)) << i;
+  }
+}
+
+TEST(Engine, PipelinedStepsEqualTrainStep) { pipelined_equals_train_step("cpu", true); }
+
+TEST(Engine, PipelinedStepsEqualTrainStepGpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  pipelined_equals_train_step("cuda", false);
+}
+
+// A non-finite loss skips the update on the device: weights and the optimizer's step count
+// stay as they were, and the step still counts (the schedule goes on).
+void non_finite_step_is_skipped(const std::string& device) {
+  auto cfg = tiny_engine(device, 1.0);
+  train::Engine e(cfg);
+  auto batch = synthetic_batch(2, 16, 60, 5);
+  e.train_step({batch});
+  {
+    torch::NoGradGuard g;
+    e.model()->head_bias[7].fill_(std::numeric_limits<float>::infinity());
+  }
+  std::vector<torch::Tensor> before;
+  for (const auto& p : e.model()->parameters()) before.push_back(p.detach().clone());
+  auto names = e.model()->named_parameters();
+  e.forward_backward({batch});
+  e.update();
+  auto s = e.collect();
+  EXPECT_FALSE(s.finite);
+  EXPECT_FALSE(s.applied);
+  EXPECT_EQ(s.step, 2);
+  EXPECT_EQ(e.step(), 2);
+  auto after = e.model()->parameters();
+  for (size_t i = 0; i < after.size(); ++i)
+    EXPECT_TRUE(torch::equal(after[i], before[i])) << device << " " << names[i].key();
+}
+
+TEST(Engine, NonFiniteStepIsSkipped) { non_finite_step_is_skipped("cpu"); }
+
+TEST(Engine, NonFiniteStepIsSkippedGpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  non_finite_step_is_skipped("cuda");
+}
+
+// The trainer collects a step late unless it validates, checkpoints or ends after it: the
+// metrics are those of collecting every step at once (every step a checkpoint step).
+TEST(Pretrain, LateCollectionGivesTheSameMetrics) {
+  auto dir = temp_dir("late");
+  auto cfg = tiny_run(8);
+  ASSERT_EQ(train::pretrain(cfg, quiet(dir / "late")), 0);  // checkpoint_every 0: late
+  cfg.train.checkpoint_every = 1;
+  ASSERT_EQ(train::pretrain(cfg, quiet(dir / "each")), 0);
+  auto a = loss_lines(dir / "late" / "metrics.jsonl"), b = loss_lines(dir / "each" / "metrics.jsonl");
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), 8u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].step, static_cast<int64_t>(i + 1));
+    EXPECT_EQ(a[i].step, b[i].step);
+    EXPECT_EQ(a[i].loss, b[i].loss) << "step " << a[i].step;
+  }
+  // The gradient norms too: each metrics line up to its timing fields.
+  auto lines = [](const fs::path& p) {
+    std::vector<std::string> out;
+    std::ifstream in(p);
+    std::string l;
+    while (std::getline(in, l))
+      if (l.find("\"loss\":") != std::string::npos) out.push_back(l.substr(0, l.find("\"step_time_s\"")));
+    return out;
+  };
+  EXPECT_EQ(lines(dir / "late" / "metrics.jsonl"), lines(dir / "each" / "metrics.jsonl"));
+
+  // nan_policy stop, collected late: the step before the bad one got no update either, no
+  // checkpoint is written, and the bad step is the last line.
+  auto nan = tiny_run(6);
+  nan.train.lr = 1e30;
+  nan.train.min_lr = 1e30;
+  nan.train.warmup_steps = 0;
+  nan.train.max_grad_norm = 0;
+  nan.train.nan_policy = "stop";
+  EXPECT_EQ(train::pretrain(nan, quiet(dir / "stop")), 3);
+  EXPECT_FALSE(train::latest_checkpoint(dir / "stop" / "checkpoints").has_value());
+  auto l = loss_lines(dir / "stop" / "metrics.jsonl");
+  ASSERT_FALSE(l.empty());
+  EXPECT_LT(l.size(), 6u);
+  std::ifstream in(dir / "stop" / "metrics.jsonl");
+  std::string line, last_line;
+  while (std::getline(in, line)) last_line = line;
+  EXPECT_NE(last_line.find("\"skipped\":true"), std::string::npos) << last_line;
 }
