@@ -5,10 +5,8 @@
 //   dV += P^T dO,  dK += dS^T Q,  and dQ += dS K through shared memory and fp32 atomics.
 // Sigmoid needs no row statistics, so there is no preprocessing pass.
 #include "kernels/attention_cuda.h"
+#include "kernels/launch.cuh"
 #include "kernels/sm80_common.cuh"
-
-#include <stdexcept>
-#include <string>
 
 namespace sctrain::kernels::cuda {
 namespace sm80 {
@@ -202,18 +200,9 @@ void launch(const AttnParams& p, cudaStream_t stream) {
 }  // namespace sm80
 
 void backward_sm80(const AttnParams& p, cudaStream_t stream) {
-  if (p.B == 0 || p.N == 0 || p.H == 0) return;
-  const bool bf = p.dtype == DType::BF16;
-  if (p.D == 64)
-    bf ? sm80::launch<__nv_bfloat16, 64>(p, stream) : sm80::launch<__half, 64>(p, stream);
-  else if (p.D == 128)
-    bf ? sm80::launch<__nv_bfloat16, 128>(p, stream) : sm80::launch<__half, 128>(p, stream);
-  else
-    throw std::invalid_argument("sigmoid attention kernel: head dim must be 64 or 128, got " +
-                                std::to_string(p.D));
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("sigmoid attention backward launch: ") + cudaGetErrorString(err));
+  dispatch_launch(p, "backward (sm80)", [&](auto t, auto d) {
+    sm80::launch<typename decltype(t)::type, decltype(d)::value>(p, stream);
+  });
 }
 
 }  // namespace sctrain::kernels::cuda

@@ -11,10 +11,8 @@
 // At d128 each key block starts its sweep over the query blocks at its own offset (x * nqb / nkb), so
 // the blocks of one head that run together add into different rows of dQ (less contention in L2).
 #include "kernels/attention_cuda.h"
+#include "kernels/launch.cuh"
 #include "kernels/sm90_common.cuh"
-
-#include <stdexcept>
-#include <string>
 
 namespace sctrain::kernels::cuda {
 namespace sm90 {
@@ -200,17 +198,9 @@ void launch(const AttnParams& p, cudaStream_t stream) {
 }  // namespace sm90
 
 void backward_sm90(const AttnParams& p, cudaStream_t stream) {
-  if (p.B == 0 || p.N == 0 || p.H == 0) return;
-  const bool bf = p.dtype == DType::BF16;
-  if (p.D == 64)
-    bf ? sm90::launch<__nv_bfloat16, 64>(p, stream) : sm90::launch<__half, 64>(p, stream);
-  else if (p.D == 128)
-    bf ? sm90::launch<__nv_bfloat16, 128>(p, stream) : sm90::launch<__half, 128>(p, stream);
-  else
-    throw std::invalid_argument("sigmoid attention kernel: head dim must be 64 or 128");
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("sigmoid attention backward (sm90) launch: ") + cudaGetErrorString(err));
+  dispatch_launch(p, "backward (sm90)", [&](auto t, auto d) {
+    sm90::launch<typename decltype(t)::type, decltype(d)::value>(p, stream);
+  });
 }
 
 }  // namespace sctrain::kernels::cuda

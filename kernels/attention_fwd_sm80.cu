@@ -2,10 +2,8 @@
 // One block = BR = 16*NW query rows of one (batch, head); each warp owns 16 rows and loops over
 // key blocks of 64 up to the sequence's length. P stays in registers (accumulator -> A operand).
 #include "kernels/attention_cuda.h"
+#include "kernels/launch.cuh"
 #include "kernels/sm80_common.cuh"
-
-#include <stdexcept>
-#include <string>
 
 namespace sctrain::kernels::cuda {
 namespace sm80 {
@@ -150,18 +148,9 @@ void launch(const AttnParams& p, cudaStream_t stream) {
 }  // namespace sm80
 
 void forward_sm80(const AttnParams& p, cudaStream_t stream) {
-  if (p.B == 0 || p.N == 0 || p.H == 0) return;
-  const bool bf = p.dtype == DType::BF16;
-  if (p.D == 64)
-    bf ? sm80::launch<__nv_bfloat16, 64>(p, stream) : sm80::launch<__half, 64>(p, stream);
-  else if (p.D == 128)
-    bf ? sm80::launch<__nv_bfloat16, 128>(p, stream) : sm80::launch<__half, 128>(p, stream);
-  else
-    throw std::invalid_argument("sigmoid attention kernel: head dim must be 64 or 128, got " +
-                                std::to_string(p.D));
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("sigmoid attention forward launch: ") + cudaGetErrorString(err));
+  dispatch_launch(p, "forward (sm80)", [&](auto t, auto d) {
+    sm80::launch<typename decltype(t)::type, decltype(d)::value>(p, stream);
+  });
 }
 
 }  // namespace sctrain::kernels::cuda

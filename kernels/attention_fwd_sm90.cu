@@ -11,11 +11,10 @@
 // Shared tile layout: column halves of 64 elements, each [rows][64] with 16-byte chunks
 // XOR-swizzled by (row & 7): the canonical 128-byte-swizzle layout of wgmma.
 #include "kernels/attention_cuda.h"
+#include "kernels/launch.cuh"
 #include "kernels/sm80_common.cuh"
 #include "kernels/sm90_common.cuh"
 
-#include <stdexcept>
-#include <string>
 #include <type_traits>
 
 namespace sctrain::kernels::cuda {
@@ -222,17 +221,9 @@ void launch(const AttnParams& p, cudaStream_t stream) {
 }  // namespace sm90
 
 void forward_sm90(const AttnParams& p, cudaStream_t stream) {
-  if (p.B == 0 || p.N == 0 || p.H == 0) return;
-  const bool bf = p.dtype == DType::BF16;
-  if (p.D == 64)
-    bf ? sm90::launch<__nv_bfloat16, 64>(p, stream) : sm90::launch<__half, 64>(p, stream);
-  else if (p.D == 128)
-    bf ? sm90::launch<__nv_bfloat16, 128>(p, stream) : sm90::launch<__half, 128>(p, stream);
-  else
-    throw std::invalid_argument("sigmoid attention kernel: head dim must be 64 or 128");
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("sigmoid attention forward (sm90) launch: ") + cudaGetErrorString(err));
+  dispatch_launch(p, "forward (sm90)", [&](auto t, auto d) {
+    sm90::launch<typename decltype(t)::type, decltype(d)::value>(p, stream);
+  });
 }
 
 }  // namespace sctrain::kernels::cuda
