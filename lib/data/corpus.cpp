@@ -158,10 +158,8 @@ class Gatherer {
       for (int64_t b = 0; b < sources[s].n_cells; b += kChunkRows)
         items_.push_back({static_cast<int>(s), b, std::min(sources[s].n_cells, b + kChunkRows)});
     cells = std::make_shared<GatheredCells>();
-    int64_t nnz = 0;
-    for (const auto& om : opened) nnz += om.matrix.info().nnz.value_or(0);
-    cells->tokens.reserve(nnz);
-    cells->values.reserve(nnz);
+    cells->chunks.resize(items_.size());
+    cells->chunk.assign(n_cells, 0);
     cells->start.assign(n_cells, 0);
     cells->length.assign(n_cells, 0);
     cells->totals.assign(n_cells, 0.0);
@@ -205,13 +203,6 @@ class Gatherer {
     int source;
     int64_t begin, end;
   };
-  struct Local {  // a worker's chunk before it is appended
-    CellGenes cell;
-    std::vector<int32_t> tokens, length;
-    std::vector<float> values;
-    std::vector<double> totals;
-  };
-
   void join() {
     for (auto& t : workers_) t.join();
     workers_.clear();
@@ -220,14 +211,13 @@ class Gatherer {
   void work() {
     io::SerialInflate serial;  // the workers are the parallelism
     std::vector<std::pair<size_t, io::CellRows>> ahead;  // read before the mapping was ready
-    Local local;
     try {
       for (;;) {
         std::unique_lock lk(mu_);
         if (failed_) return;
         if (ready_ && !ahead.empty()) {
           lk.unlock();
-          for (auto& [k, rows] : ahead) gather(k, rows, local);
+          for (auto& [k, rows] : ahead) gather(k, std::move(rows));
           ahead.clear();
           continue;
         }
@@ -241,7 +231,7 @@ class Gatherer {
         lk.unlock();
         const Item& it = items_[k];
         io::CellRows rows = opened_[it.source].matrix.read_rows(it.begin, it.end);
-        if (mapped) gather(k, rows, local);
+        if (mapped) gather(k, std::move(rows));
         else ahead.emplace_back(k, std::move(rows));
       }
     } catch (...) {
@@ -254,56 +244,45 @@ class Gatherer {
     }
   }
 
-  void gather(size_t k, const io::CellRows& rows, Local& l) {
+  // Maps chunk k's cells in place and keeps the chunk as their storage.
+  void gather(size_t k, io::CellRows rows) {
     const Item& it = items_[k];
     const SourceInfo& si = sources_[it.source];
     const bool dups = si.has_duplicates();
-    l.tokens.clear();
-    l.values.clear();
-    l.length.clear();
-    l.totals.clear();
+    GatheredCells& g = *cells;
+    const int64_t first = si.first_cell + it.begin;
     int64_t negatives = 0, empty = 0;
     TokenStats st;
     for (int64_t r = 0; r < rows.n_rows(); ++r) {
-      const int64_t a = rows.indptr[r], n = rows.row_nnz(r);
+      const int64_t a = rows.indptr[r];
+      int64_t genes;
       try {
-        gather_cell({rows.indices.data() + a, static_cast<size_t>(n)}, {rows.values.data() + a, static_cast<size_t>(n)},
-                    si.column_token, dups, l.cell, &negatives);
+        genes = gather_cell_in_place(rows.indices.data() + a, rows.values.data() + a, rows.row_nnz(r), si.column_token,
+                                     dups, g.totals[first + r], &negatives);
       } catch (const std::invalid_argument& e) {
         throw std::runtime_error(str(si.path, ": ", si.matrix, " cell ", it.begin + r, ": ", e.what()));
       }
-      const int64_t genes = static_cast<int64_t>(l.cell.tokens.size());
-      l.totals.push_back(l.cell.total);
-      l.length.push_back(static_cast<int32_t>(genes));
+      g.chunk[first + r] = static_cast<int32_t>(k);
+      g.start[first + r] = a;
+      g.length[first + r] = static_cast<int32_t>(genes);
       if (genes == 0) {
         ++empty;
         continue;
       }
-      l.tokens.insert(l.tokens.end(), l.cell.tokens.begin(), l.cell.tokens.end());
-      l.values.insert(l.values.end(), l.cell.values.begin(), l.cell.values.end());
       const int64_t len = 1 + std::min<int64_t>(genes, max_len_ - 1);
       st.n_cells++;
       st.tokens_total += len;
       st.tokens_max = std::max(st.tokens_max, len);
     }
+    const int64_t n_rows = rows.n_rows();
+    g.chunks[k] = std::move(rows);  // each worker its own slots: no lock
     std::lock_guard lk(commit_mu_);
-    GatheredCells& g = *cells;
-    int64_t pos = static_cast<int64_t>(g.tokens.size());
-    g.tokens.insert(g.tokens.end(), l.tokens.begin(), l.tokens.end());
-    g.values.insert(g.values.end(), l.values.begin(), l.values.end());
-    const int64_t first = si.first_cell + it.begin;
-    for (int64_t r = 0; r < rows.n_rows(); ++r) {
-      g.start[first + r] = pos;
-      g.length[first + r] = l.length[r];
-      g.totals[first + r] = l.totals[r];
-      pos += l.length[r];
-    }
     per_source[it.source].cells_empty += empty;
     per_source[it.source].negative_values += negatives;
     stats.n_cells += st.n_cells;
     stats.tokens_total += st.tokens_total;
     stats.tokens_max = std::max(stats.tokens_max, st.tokens_max);
-    done_ += rows.n_rows();
+    done_ += n_rows;
     progress_.tick("prepare", done_, n_cells_);
   }
 
@@ -493,7 +472,8 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
   //    Reused statistics: only which expressed genes have no median there.
   if (reuse_stats) {
     std::vector<uint8_t> expressed(c.vocab.size(), 0);
-    for (int32_t t : gathered->tokens) expressed[t] = 1;
+    for (int64_t i = 0; i < c.n_cells; ++i)
+      for (int32_t t : gathered->tokens(i)) expressed[t] = 1;
     std::vector<std::string> examples;
     for (int32_t t = kNumSpecial; t < c.vocab.size(); ++t) {
       if (!expressed[t] || c.gene_medians[t] > 0) continue;
@@ -513,7 +493,7 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     run_parallel(T, [&](int p) {
       fill[p].assign(V, 0);
       for (int64_t i = n * p / T; i < n * (p + 1) / T; ++i)
-        for (int64_t k = g.start[i]; k < g.start[i] + g.length[i]; ++k) ++fill[p][g.tokens[k]];
+        for (int32_t t : g.tokens(i)) ++fill[p][t];
     });
     std::vector<int64_t> start(V + 1, 0);
     int64_t pos = 0;
@@ -531,10 +511,10 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
       int64_t* to = fill[p].data();
       std::vector<double> norm;
       for (int64_t i = n * p / T; i < n * (p + 1) / T; ++i) {
-        const int64_t a = g.start[i], len = g.length[i];
-        norm.resize(len);
-        normalise({g.values.data() + a, static_cast<size_t>(len)}, g.totals[i], c.tokenize.target_sum, norm.data());
-        for (int64_t k = 0; k < len; ++k) grouped[to[g.tokens[a + k]]++] = norm[k];
+        const std::span<const int32_t> tokens = g.tokens(i);
+        norm.resize(tokens.size());
+        normalise(g.values(i), g.totals[i], c.tokenize.target_sum, norm.data());
+        for (size_t k = 0; k < tokens.size(); ++k) grouped[to[tokens[k]]++] = norm[k];
       }
     });
     c.gene_medians.assign(V, 0.0);
@@ -748,8 +728,8 @@ std::vector<TokenizedCell> tokenize_cells(const PreparedCorpus& c, const std::ve
     const GatheredCells& g = *c.gathered;
     for (size_t i = 0; i < cell_ids.size(); ++i) {
       c.locate(cell_ids[i]);  // range check
-      const size_t a = g.start[cell_ids[i]], len = g.length[cell_ids[i]];
-      if (len) tokenize_cell({g.tokens.data() + a, len}, {g.values.data() + a, len}, g.totals[cell_ids[i]], c.gene_medians, c.tokenize, out[i]);
+      const int64_t id = cell_ids[i];
+      if (g.length[id]) tokenize_cell(g.tokens(id), g.values(id), g.totals[id], c.gene_medians, c.tokenize, out[i]);
     }
     return out;
   }

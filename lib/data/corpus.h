@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -56,15 +57,21 @@ struct SourceInfo {
   bool has_duplicates() const { return duplicate_columns > 0; }
 };
 
-// Cells after gene mapping, by global cell id: cell i's tokens (unique) and summed positive
-// values are [start[i], start[i] + length[i]) (cells are stored in chunks, in the order
-// prepare's workers finished them); totals[i] = sum of its positive values (all columns).
+// Cells after gene mapping, by global cell id: tokens(i) (unique) with values(i) (summed
+// positive values); totals[i] = the cell's sum of positive values over all columns. Held in the
+// chunks of rows prepare read, mapped in place (their column indices became token ids).
 struct GatheredCells {
-  std::vector<int64_t> start;
-  std::vector<int32_t> length;  // 0: an empty cell
-  std::vector<int32_t> tokens;
-  std::vector<float> values;
+  std::vector<io::CellRows> chunks;
+  std::vector<int32_t> chunk;   // per cell: its chunk
+  std::vector<int64_t> start;   // per cell: its first entry there
+  std::vector<int32_t> length;  // per cell: 0 = an empty cell
   std::vector<double> totals;
+  std::span<const int32_t> tokens(int64_t i) const {
+    return {chunks[chunk[i]].indices.data() + start[i], static_cast<size_t>(length[i])};
+  }
+  std::span<const float> values(int64_t i) const {
+    return {chunks[chunk[i]].values.data() + start[i], static_cast<size_t>(length[i])};
+  }
 };
 
 // Per-cell token counts (CLS + genes, after truncation), for the summary.

@@ -361,8 +361,7 @@ void Loader::Impl::tokenize_all(const PreparedCorpus& corpus) {
           log::info(str("loader: tokenized ~", done, "/", n, " cells, ", static_cast<int64_t>(done / secs), " cells/s"));
         }
         if (!role[id] || g.length[id] == 0) continue;
-        const size_t a = g.start[id], len = g.length[id];
-        tokenize_cell({g.tokens.data() + a, len}, {g.values.data() + a, len}, g.totals[id], corpus.gene_medians, tok, tk);
+        tokenize_cell(g.tokens(id), g.values(id), g.totals[id], corpus.gene_medians, tok, tk);
         CellStore& st = role[id] == 1 ? train : val;
         const int64_t i = next[role[id]]++, at = st.offsets[i];
         std::copy(tk.genes.begin(), tk.genes.end(), st.genes.begin() + at);

@@ -34,15 +34,13 @@ TokenMode parse_mode(const std::string& s) {
   throw std::invalid_argument(str("unknown tokenization mode '", s, "' (rank or binned)"));
 }
 
-void gather_cell(std::span<const int32_t> indices, std::span<const float> values,
-                 std::span<const int32_t> column_token, bool may_have_duplicates, CellGenes& out,
-                 int64_t* negatives) {
-  out.tokens.clear();
-  out.values.clear();
-  double total = 0;
-  int64_t neg = 0;
-  for (size_t i = 0; i < indices.size(); ++i) {
-    float v = values[i];
+int64_t gather_cell_in_place(int32_t* indices, float* values, int64_t n, std::span<const int32_t> column_token,
+                             bool may_have_duplicates, double& total, int64_t* negatives) {
+  // Reads position i, writes position kept <= i: nothing is overwritten before it is read.
+  total = 0;
+  int64_t neg = 0, kept = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = values[i];
     if (!std::isfinite(v))
       throw std::invalid_argument(str("value ", v, " at column ", indices[i], " (NaN or infinite)"));
     if (v <= 0) {
@@ -50,32 +48,42 @@ void gather_cell(std::span<const int32_t> indices, std::span<const float> values
       continue;
     }
     total += v;
-    int32_t t = column_token[indices[i]];
+    const int32_t t = column_token[indices[i]];
     if (t < 0) continue;
-    out.tokens.push_back(t);
-    out.values.push_back(v);
+    indices[kept] = t;
+    values[kept] = v;
+    ++kept;
   }
-  out.total = total;
   if (negatives) *negatives += neg;
-  if (!may_have_duplicates || out.tokens.size() < 2) return;
+  if (!may_have_duplicates || kept < 2) return kept;
   // Sum columns that share a token, in place: slot[token] = its first position (-1 = none).
   thread_local std::vector<int32_t> slot;
-  size_t kept = 0;
-  for (size_t i = 0; i < out.tokens.size(); ++i) {
-    const int32_t t = out.tokens[i];
+  int64_t unique = 0;
+  for (int64_t i = 0; i < kept; ++i) {
+    const int32_t t = indices[i];
     if (static_cast<size_t>(t) >= slot.size()) slot.resize(t + 1, -1);
     if (slot[t] >= 0) {
-      out.values[slot[t]] += out.values[i];
+      values[slot[t]] += values[i];
     } else {
-      slot[t] = static_cast<int32_t>(kept);
-      out.tokens[kept] = t;
-      out.values[kept] = out.values[i];
-      ++kept;
+      slot[t] = static_cast<int32_t>(unique);
+      indices[unique] = t;
+      values[unique] = values[i];
+      ++unique;
     }
   }
-  out.tokens.resize(kept);
-  out.values.resize(kept);
-  for (int32_t t : out.tokens) slot[t] = -1;
+  for (int64_t i = 0; i < unique; ++i) slot[indices[i]] = -1;
+  return unique;
+}
+
+void gather_cell(std::span<const int32_t> indices, std::span<const float> values,
+                 std::span<const int32_t> column_token, bool may_have_duplicates, CellGenes& out,
+                 int64_t* negatives) {
+  out.tokens.assign(indices.begin(), indices.end());
+  out.values.assign(values.begin(), values.end());
+  const int64_t k = gather_cell_in_place(out.tokens.data(), out.values.data(), static_cast<int64_t>(indices.size()),
+                                         column_token, may_have_duplicates, out.total, negatives);
+  out.tokens.resize(k);
+  out.values.resize(k);
 }
 
 void expression_bins(std::span<const float> values, int32_t n_bins, std::vector<uint8_t>& bins) {

@@ -40,6 +40,10 @@ struct CellGenes {
 void gather_cell(std::span<const int32_t> indices, std::span<const float> values,
                  std::span<const int32_t> column_token, bool may_have_duplicates, CellGenes& out,
                  int64_t* negatives = nullptr);
+// The same in place: the row's first k column indices become its tokens and its first k values
+// their sums; returns k. total = the row's sum of positive values (all columns).
+int64_t gather_cell_in_place(int32_t* indices, float* values, int64_t n, std::span<const int32_t> column_token,
+                             bool may_have_duplicates, double& total, int64_t* negatives = nullptr);
 
 // A tokenized cell: genes in model order (CLS not included), bins parallel (binned mode).
 struct TokenizedCell {

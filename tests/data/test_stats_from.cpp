@@ -63,8 +63,8 @@ TEST(StatsFrom, KangWithPbmc3kVocabularyAndMedians) {
   // The tokens are ranked by PBMC 3k's medians: cell 0 by hand.
   const GatheredCells& g = *c.gathered;
   std::vector<std::pair<double, int32_t>> ref;
-  for (int64_t k = g.start[0]; k < g.start[0] + g.length[0]; ++k)
-    ref.push_back({-(static_cast<double>(g.values[k]) * 1e4 / g.totals[0] / base.gene_medians[g.tokens[k]]), g.tokens[k]});
+  for (size_t k = 0; k < g.tokens(0).size(); ++k)
+    ref.push_back({-(static_cast<double>(g.values(0)[k]) * 1e4 / g.totals[0] / base.gene_medians[g.tokens(0)[k]]), g.tokens(0)[k]});
   std::sort(ref.begin(), ref.end());
   TokenizedCell t = tokenize_cells(c, {0})[0];
   ASSERT_EQ(t.genes.size(), ref.size());
@@ -96,7 +96,8 @@ TEST(StatsFrom, GenesWithoutAMedianAreCountedAndRankedWithOne) {
   o.stats_from = adir;
   PreparedCorpus c = prepare_corpus(o);
   std::vector<uint8_t> expressed(c.vocab.size(), 0);
-  for (int32_t t : c.gathered->tokens) expressed[t] = 1;
+  for (int64_t i = 0; i < c.n_cells; ++i)
+    for (int32_t t : c.gathered->tokens(i)) expressed[t] = 1;
   int64_t without = 0;
   for (int32_t t = kNumSpecial; t < c.vocab.size(); ++t) without += expressed[t] && a.gene_medians[t] == 0;
   EXPECT_GT(without, 1000);
@@ -106,9 +107,9 @@ TEST(StatsFrom, GenesWithoutAMedianAreCountedAndRankedWithOne) {
   const GatheredCells& g = *c.gathered;
   for (int64_t cell : {0, 7}) {
     std::vector<std::pair<double, int32_t>> ref;
-    for (int64_t k = g.start[cell]; k < g.start[cell] + g.length[cell]; ++k) {
-      const double m = a.gene_medians[g.tokens[k]];
-      ref.push_back({-(static_cast<double>(g.values[k]) * 1e4 / g.totals[cell] / (m > 0 ? m : 1.0)), g.tokens[k]});
+    for (size_t k = 0; k < g.tokens(cell).size(); ++k) {
+      const double m = a.gene_medians[g.tokens(cell)[k]];
+      ref.push_back({-(static_cast<double>(g.values(cell)[k]) * 1e4 / g.totals[cell] / (m > 0 ? m : 1.0)), g.tokens(cell)[k]});
     }
     std::sort(ref.begin(), ref.end());
     TokenizedCell t = tokenize_cells(c, {cell})[0];
