@@ -312,3 +312,28 @@ TEST(PrepareFiles, LoaderOnARealFileShardsBudgetsResume) {
     EXPECT_EQ(y.cell_ids, want[i].cell_ids) << i;
   }
 }
+
+// The medians (sampled brackets, radix select) equal a plain computation: every normalised value
+// of a gene sorted, numpy's median of them. PBMC 3k has 300+ genes of >= 1024 values.
+TEST(PrepareFiles, MediansEqualAPlainComputation) {
+  std::vector<std::string> files = {project_data("pbmc3k_seurat.h5ad")};
+  if (std::string kang = sctrain::testing::shared_data("kang_pbmc_ctrl.h5ad"); !kang.empty()) files.push_back(kang);
+  for (const auto& f : files) {
+    PreparedCorpus c = prepare_corpus(options({f}));
+    const GatheredCells& g = *c.gathered;
+    std::vector<std::vector<double>> values(c.vocab.size());
+    for (int64_t i = 0; i < c.n_cells; ++i)
+      for (size_t k = 0; k < g.tokens(i).size(); ++k)
+        values[g.tokens(i)[k]].push_back(normalised(g.values(i)[k], g.totals[i], c.tokenize.target_sum));
+    int64_t large = 0;
+    for (int32_t t = kNumSpecial; t < c.vocab.size(); ++t) {
+      std::vector<double>& v = values[t];
+      std::sort(v.begin(), v.end());
+      const size_t n = v.size();
+      const double expect = n == 0 ? 0.0 : (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2);
+      ASSERT_EQ(c.gene_medians[t], expect) << f << " token " << t << " (" << n << " values)";
+      large += n >= 1024;
+    }
+    EXPECT_GT(large, 300) << f;
+  }
+}
