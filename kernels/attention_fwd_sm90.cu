@@ -1,8 +1,10 @@
 // Forward sigmoid attention, Hopper path (sm_90a): wgmma with operands in shared memory.
 // One block = 1 producer + 2 consumer warpgroups; each consumer owns 64 query rows of one (batch, head).
 // Key blocks of BC = 128 (d64) or 64 (d128).
-// Producer (setmaxnreg 40): cp.async (zero-filled past the length) of Q and K/V tiles into a 4-stage ring;
-// each thread's cp.async.mbarrier.arrive signals a stage's "full" barrier. Consumers (setmaxnreg 232)
+// Producer (setmaxnreg 40) fills a 4-stage K/V ring: key blocks wholly inside the sequence (and Q with
+// them) by TMA, issued by one thread, the stage's "full" barrier counting the bytes; a sequence's last
+// partial block by cp.async, zero-filled past the length, each thread's cp.async.mbarrier.arrive
+// counting on that barrier. Consumers (setmaxnreg 232)
 // wait on "full", release a stage through its "empty" barrier once PV of that block retired, and never
 // meet each other, so one's sigmoid runs under the other's wgmma.
 // S = Q K^T: wgmma m64nBCk16, A and B from shared memory (K-major, 128-byte swizzle).
@@ -10,6 +12,8 @@
 // S_{j+1} runs on the tensor cores while the sigmoid of block j is computed.
 // Shared tile layout: column halves of 64 elements, each [rows][64] with 16-byte chunks
 // XOR-swizzled by (row & 7): the canonical 128-byte-swizzle layout of wgmma.
+#include <cuda.h>
+
 #include "kernels/attention_cuda.h"
 #include "kernels/launch.cuh"
 #include "kernels/sm80_common.cuh"
@@ -24,6 +28,10 @@ namespace {
 
 // Warpgroup 0 produces (cp.async into the K/V ring, 40 registers); warpgroups 1, 2 consume (232).
 constexpr int NWG = 2, BR = 64 * NWG, NT = 128 * (NWG + 1);
+
+struct TmaMaps {
+  CUtensorMap q, k, v;
+};
 // Keys per block: 128 at d64; 64 at d128, where two S tiles and O must fit in registers.
 template <int D>
 constexpr int kBC = D == 64 ? 128 : 64;
@@ -66,8 +74,26 @@ __device__ __forceinline__ void load_tile_lean(T* s, const T* g, int64_t stride,
   }
 }
 
-template <typename T, int D, int BC, int STAGES>
-__global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
+// TMA (bulk tensor copy) of one 64-column half: box {64 columns, 1 head, ROWS rows, 1 batch} of a
+// [B, N, H, D] view, 128-byte swizzle (the tile layout above), completing bytes on an mbarrier.
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c, int h, int row, int b,
+                                            uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n"
+      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c), "r"(h), "r"(row), "r"(b), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+template <int ROWS, int D, typename T>
+__device__ __forceinline__ void tma_tile(T* s, const CUtensorMap* map, int h, int row, int b, uint32_t bar) {
+#pragma unroll
+  for (int half = 0; half < D / 64; ++half) tma_load_4d(smem_addr(s + half * ROWS * 64), map, half * 64, h, row, b, bar);
+}
+
+template <typename T, int D, int BC, int STAGES, bool TMA>
+__global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
   extern __shared__ unsigned char smem_raw[];
   // 1024-byte alignment for the swizzled tiles.
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -110,13 +136,30 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
     const T* q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[2];
     const T* k = static_cast<const T*>(p.k) + b * p.k_stride[0] + h * p.k_stride[2];
     const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + h * p.v_stride[2];
-    load_tile_lean<BR, D>(sQ, q + q0 * p.q_stride[1], p.q_stride[1], len - q0, tid);  // rides with block 0
+    // Key blocks wholly inside the sequence come by TMA (one thread issues, the stage's barrier counts
+    // the bytes); a sequence's last partial block by cp.async, which zero-fills the rows past its length
+    // (TMA zero-fills only past the tensor's end, and a NaN in V's padding would reach O as 0 * NaN).
+    // Q rides with block 0, by the same means (rows past the length only reach discarded outputs).
+    const int full_blocks = TMA ? len / BC : 0;
     for (int blk = 0; blk < nkb; ++blk) {
       const int kn = blk * BC, st = blk % STAGES;
       if (blk >= STAGES) mbar_wait(empty0 + 8 * st, ((blk / STAGES) + 1) & 1);
-      load_tile_lean<BC, D>(sK + st * BC * D, k + kn * p.k_stride[1], p.k_stride[1], len - kn, tid);
-      load_tile_lean<BC, D>(sV + st * BC * D, v + kn * p.v_stride[1], p.v_stride[1], len - kn, tid);
-      mbar_arrive_cp_async(full0 + 8 * st);
+      if (blk < full_blocks) {
+        if (tid == 0) {
+          const uint32_t bar = full0 + 8 * st;
+          mbar_arrive_expect_tx(bar, (blk == 0 ? BR + 2 * BC : 2 * BC) * D * sizeof(T));
+          if (blk == 0) tma_tile<BR, D>(sQ, &maps.q, h, q0, b, bar);
+          tma_tile<BC, D>(sK + st * BC * D, &maps.k, h, kn, b, bar);
+          tma_tile<BC, D>(sV + st * BC * D, &maps.v, h, kn, b, bar);
+        } else {
+          mbar_arrive(full0 + 8 * st);
+        }
+      } else {
+        if (blk == 0) load_tile_lean<BR, D>(sQ, q + q0 * p.q_stride[1], p.q_stride[1], len - q0, tid);
+        load_tile_lean<BC, D>(sK + st * BC * D, k + kn * p.k_stride[1], p.k_stride[1], len - kn, tid);
+        load_tile_lean<BC, D>(sV + st * BC * D, v + kn * p.v_stride[1], p.v_stride[1], len - kn, tid);
+        mbar_arrive_cp_async(full0 + 8 * st);
+      }
     }
     cp_async_wait<0>();
     return;
@@ -127,7 +170,7 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
   const float hs = 0.5f * p.scale, hb = 0.5f * bias;
   auto wait_full = [&](int blk) {
     mbar_wait(full0 + 8 * (blk % STAGES), (blk / STAGES) & 1);
-    fence_proxy_async();  // cp.async writes -> tensor-core reads
+    fence_proxy_async();  // cp.async writes -> tensor-core reads (TMA writes need no fence)
   };
 
   // Zeroed by volatile asm so the compiler cannot sink it past the first wgmma (ptxas C7515).
@@ -207,14 +250,46 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p) {
   }
 }
 
+// Tensor maps of Q, K, V as [B, N, H, D] views (strides of the fused projection), boxes of 64 columns.
+// False when the driver or the strides do not allow them (then the loads stay on cp.async).
+template <typename T, int D>
+bool make_maps(const AttnParams& p, TmaMaps& m) {
+  using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                              const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                              CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+  static const Encode encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      return Encode{nullptr};
+    return reinterpret_cast<Encode>(fn);
+  }();
+  if (encode == nullptr) return false;
+  auto one = [&](CUtensorMap* map, const void* base, const int64_t (&st)[3], int rows) {
+    const cuuint64_t dims[4] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(p.H), static_cast<cuuint64_t>(p.N),
+                                static_cast<cuuint64_t>(p.B)};
+    const cuuint64_t strides[3] = {static_cast<cuuint64_t>(st[2]) * sizeof(T), static_cast<cuuint64_t>(st[1]) * sizeof(T),
+                                   static_cast<cuuint64_t>(st[0]) * sizeof(T)};
+    const cuuint32_t box[4] = {64, 1, static_cast<cuuint32_t>(rows), 1}, unit[4] = {1, 1, 1, 1};
+    return encode(map, std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                              4, const_cast<void*>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                              CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  };
+  return one(&m.q, p.q, p.q_stride, BR) && one(&m.k, p.k, p.k_stride, kBC<D>) && one(&m.v, p.v, p.v_stride, kBC<D>);
+}
+
 template <typename T, int D>
 void launch(const AttnParams& p, cudaStream_t stream) {
   constexpr int BC = kBC<D>, STAGES = 4;
   const size_t smem = static_cast<size_t>(BR + 2 * STAGES * BC) * D * sizeof(T) + 16 * STAGES + 1024;
-  auto kernel = fwd_kernel<T, D, BC, STAGES>;
+  TmaMaps maps{};
+  const bool use_tma = make_maps<T, D>(p, maps);
+  auto kernel = use_tma ? fwd_kernel<T, D, BC, STAGES, true> : fwd_kernel<T, D, BC, STAGES, false>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   dim3 grid((p.N + BR - 1) / BR, p.H, p.B);
-  kernel<<<grid, NT, smem, stream>>>(p);
+  kernel<<<grid, NT, smem, stream>>>(p, maps);
 }
 
 }  // namespace

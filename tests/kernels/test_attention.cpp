@@ -55,6 +55,7 @@ struct Case {
   std::vector<int> lens;
   bool fused = true;
   std::optional<double> scale, bias;
+  bool nan_padding = false;  // Q, K, V rows past each length hold NaN (the reference sees zeros there)
 };
 
 void check_padding_zero(const Tensor& x, const std::vector<int>& lens, const char* what) {
@@ -77,6 +78,17 @@ void run_case(const Case& c, uint64_t seed) {
     k = torch::randn({c.B, c.N, c.H, c.D}, opt);
     v = torch::randn({c.B, c.N, c.H, c.D}, opt);
   }
+  Tensor q_ref = q.detach(), k_ref = k.detach(), v_ref = v.detach();
+  if (c.nan_padding) {
+    // Padding rows are never part of the result: NaN there must not reach O or any gradient.
+    q_ref = q_ref.clone(), k_ref = k_ref.clone(), v_ref = v_ref.clone();
+    for (int b = 0; b < c.B; ++b) {
+      const int64_t pad = c.N - c.lens[b];
+      if (pad == 0) continue;
+      for (Tensor* x : {&q, &k, &v}) x->detach()[b].narrow(0, c.lens[b], pad).fill_(NAN);
+      for (Tensor* x : {&q_ref, &k_ref, &v_ref}) (*x)[b].narrow(0, c.lens[b], pad).zero_();
+    }
+  }
   q = q.detach().requires_grad_(), k = k.detach().requires_grad_(), v = v.detach().requires_grad_();
   auto dout = torch::randn({c.B, c.N, c.H, c.D}, opt);
   auto lengths = torch::tensor(std::vector<int32_t>(c.lens.begin(), c.lens.end()),
@@ -91,9 +103,9 @@ void run_case(const Case& c, uint64_t seed) {
   auto grads = torch::autograd::grad({o}, {q, k, v}, {dout});
   torch::cuda::synchronize();
 
-  auto q64 = q.detach().to(torch::kDouble).requires_grad_();
-  auto k64 = k.detach().to(torch::kDouble).requires_grad_();
-  auto v64 = v.detach().to(torch::kDouble).requires_grad_();
+  auto q64 = q_ref.to(torch::kDouble).requires_grad_();
+  auto k64 = k_ref.to(torch::kDouble).requires_grad_();
+  auto v64 = v_ref.to(torch::kDouble).requires_grad_();
   auto o64 = reference64(q64, k64, v64, c.lens, opts);
   auto g64 = torch::autograd::grad({o64}, {q64, k64, v64}, {dout.to(torch::kDouble)});
 
@@ -165,6 +177,25 @@ TEST(SigmoidAttentionGpu, RandomShapes) {
                  " d" + std::to_string(c.D) + " " + dtype_name(c.dtype));
     run_case(c, 100 + it);
   }
+}
+
+// Loads stop at each sequence's length (a partial last key block is zero-filled, never read past it).
+TEST(SigmoidAttentionGpu, NanInPaddingDoesNotLeak) {
+  REQUIRE_GPU();
+  for (const char* path : {"default", "sm80"}) {
+    SCOPED_TRACE(path);
+    setenv("SCTRAIN_ATTENTION_PATH", path, 1);
+    for (int d : {64, 128}) {
+      Case c{3, 300, 2, d, torch::kBFloat16, {77, 256, 300}};
+      c.nan_padding = true;
+      run_case(c, 21);
+      Case f{2, 257, 1, d, torch::kHalf, {128, 1}};
+      f.nan_padding = true;
+      f.fused = false;
+      run_case(f, 22);
+    }
+  }
+  unsetenv("SCTRAIN_ATTENTION_PATH");
 }
 
 TEST(SigmoidAttentionGpu, LongerSequences) {
