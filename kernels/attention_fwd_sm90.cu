@@ -12,12 +12,11 @@
 // S_{j+1} runs on the tensor cores while the sigmoid of block j is computed.
 // Shared tile layout: column halves of 64 elements, each [rows][64] with 16-byte chunks
 // XOR-swizzled by (row & 7): the canonical 128-byte-swizzle layout of wgmma.
-#include <cuda.h>
-
 #include "kernels/attention_cuda.h"
 #include "kernels/launch.cuh"
 #include "kernels/sm80_common.cuh"
 #include "kernels/sm90_common.cuh"
+#include "kernels/sm90_tma.cuh"
 
 #include <type_traits>
 
@@ -36,27 +35,6 @@ struct TmaMaps {
 template <int D>
 constexpr int kBC = D == 64 ? 128 : 64;
 
-__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// Arrives when all of this thread's earlier cp.async have landed (counts as one of the expected arrivals).
-__device__ __forceinline__ void mbar_arrive_cp_async(uint32_t bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-
 // Producer's tile load (128 threads): a thread keeps one 16-byte column chunk, so its swizzle is fixed
 // and the addresses step by a constant (few registers: the producer runs with 40).
 template <int ROWS, int D, typename T>
@@ -72,24 +50,6 @@ __device__ __forceinline__ void load_tile_lean(T* s, const T* g, int64_t stride,
     dst += RSTEP * 64 * sizeof(T);
     src += RSTEP * stride;
   }
-}
-
-// TMA (bulk tensor copy) of one 64-column half: box {64 columns, 1 head, ROWS rows, 1 batch} of a
-// [B, N, H, D] view, 128-byte swizzle (the tile layout above), completing bytes on an mbarrier.
-__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c, int h, int row, int b,
-                                            uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n"
-      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c), "r"(h), "r"(row), "r"(b), "r"(bar)
-      : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-template <int ROWS, int D, typename T>
-__device__ __forceinline__ void tma_tile(T* s, const CUtensorMap* map, int h, int row, int b, uint32_t bar) {
-#pragma unroll
-  for (int half = 0; half < D / 64; ++half) tma_load_4d(smem_addr(s + half * ROWS * 64), map, half * 64, h, row, b, bar);
 }
 
 template <typename T, int D, int BC, int STAGES, bool TMA>
@@ -250,34 +210,11 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p, const __
   }
 }
 
-// Tensor maps of Q, K, V as [B, N, H, D] views (strides of the fused projection), boxes of 64 columns.
-// False when the driver or the strides do not allow them (then the loads stay on cp.async).
+// Tensor maps of Q, K, V (boxes of BR query rows, BC key rows); false: stay on cp.async.
 template <typename T, int D>
 bool make_maps(const AttnParams& p, TmaMaps& m) {
-  using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                              const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                              CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-  static const Encode encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      return Encode{nullptr};
-    return reinterpret_cast<Encode>(fn);
-  }();
-  if (encode == nullptr) return false;
-  auto one = [&](CUtensorMap* map, const void* base, const int64_t (&st)[3], int rows) {
-    const cuuint64_t dims[4] = {static_cast<cuuint64_t>(D), static_cast<cuuint64_t>(p.H), static_cast<cuuint64_t>(p.N),
-                                static_cast<cuuint64_t>(p.B)};
-    const cuuint64_t strides[3] = {static_cast<cuuint64_t>(st[2]) * sizeof(T), static_cast<cuuint64_t>(st[1]) * sizeof(T),
-                                   static_cast<cuuint64_t>(st[0]) * sizeof(T)};
-    const cuuint32_t box[4] = {64, 1, static_cast<cuuint32_t>(rows), 1}, unit[4] = {1, 1, 1, 1};
-    return encode(map, std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                              4, const_cast<void*>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                              CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-  };
-  return one(&m.q, p.q, p.q_stride, BR) && one(&m.k, p.k, p.k_stride, kBC<D>) && one(&m.v, p.v, p.v_stride, kBC<D>);
+  return encode_tile_map<T, D>(&m.q, p.q, p.q_stride, p, BR) && encode_tile_map<T, D>(&m.k, p.k, p.k_stride, p, kBC<D>) &&
+         encode_tile_map<T, D>(&m.v, p.v, p.v_stride, p, kBC<D>);
 }
 
 template <typename T, int D>
