@@ -1,6 +1,6 @@
 // Backward sigmoid attention, Hopper path (sm_90a): wgmma, operands in shared memory (at d128 TMA for
-// tiles wholly inside the sequence, cp.async zero-filled for a partial one; d64 all cp.async; Q/dO
-// double-buffered). One block = 2 warpgroups x 64 keys of one (batch, head); query steps of 64.
+// tiles wholly inside the sequence, cp.async zero-filled for a partial one, 3 Q/dO stages; at d64 all
+// cp.async, 2 stages). One block = 2 warpgroups x 64 keys of one (batch, head); query steps of 64.
 // Warpgroup w, its keys Kw (64 rows), per step (transposed, keys x queries):
 //   S^T = Kw Q^T, dP^T = Vw dO^T          wgmma m64n64, A and B K-major in shared memory; S^T retires
 //                                         first, so the sigmoid runs while dP^T is on the tensor cores
@@ -33,7 +33,7 @@ __device__ __forceinline__ void fence_regs(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-template <typename T, int D, bool TMA>
+template <typename T, int D, bool TMA, int NS>
 __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
   constexpr bool kStagger = D == 128;  // measured: +5-10% at d128, -2-4% at d64
   extern __shared__ unsigned char smem_raw[];
@@ -41,9 +41,9 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
   T* sK = reinterpret_cast<T*>(smem);
   T* sV = sK + BC * D;
   T* sQ = sV + BC * D;        // 2 stages
-  T* sdO = sQ + 2 * BR * D;   // 2 stages
-  T* sdS = sdO + 2 * BR * D;  // [BC keys][64 queries]
-  const uint32_t bar0 = smem_addr(sdS + BC * BR);  // TMA: Q/dO stage barriers at bar0, bar0 + 8; K/V at bar0 + 16
+  T* sdO = sQ + NS * BR * D;   // NS stages
+  T* sdS = sdO + NS * BR * D;  // [BC keys][64 queries]
+  const uint32_t bar0 = smem_addr(sdS + BC * BR);  // TMA: Q/dO stage barriers at bar0 + 8 st; K/V at bar0 + 8 NS
 
   const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, wi = (tid % 128) / 32;
   const int g = lane / 4, t = lane % 4;
@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
     // Every stage load commits a cp.async group, empty or not, so the group waits below stay uniform.
     if (TMA) {
       if (tid == 0)
-        for (int i = 0; i < 3; ++i) mbar_init(bar0 + 8 * i, 1);
+        for (int i = 0; i <= NS; ++i) mbar_init(bar0 + 8 * i, 1);
       __syncthreads();
     }
     auto q_full = [&](int qb) { return TMA && (qb + 1) * BR <= len; };
@@ -104,22 +104,31 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
     const bool kv_full = TMA && k0 + BC <= len;
     if (kv_full) {
       if (tid == 0) {
-        mbar_arrive_expect_tx(bar0 + 16, 2 * BC * D * sizeof(T));
-        tma_tile<BC, D>(sK, &maps.k, h, k0, b, bar0 + 16);
-        tma_tile<BC, D>(sV, &maps.v, h, k0, b, bar0 + 16);
+        mbar_arrive_expect_tx(bar0 + 8 * NS, 2 * BC * D * sizeof(T));
+        tma_tile<BC, D>(sK, &maps.k, h, k0, b, bar0 + 8 * NS);
+        tma_tile<BC, D>(sV, &maps.v, h, k0, b, bar0 + 8 * NS);
       }
     } else {
       load_tile<BC, D, NT>(sK, k + k0 * p.k_stride[1], p.k_stride[1], len - k0, tid);
       load_tile<BC, D, NT>(sV, v + k0 * p.v_stride[1], p.v_stride[1], len - k0, tid);
     }
     load_stage(0, i0);  // its group also holds K/V's cp.async, if any
+    if constexpr (NS == 3) {  // one more block ahead; the group is committed (maybe empty) either way
+      if (nqb > 1) load_stage(1, qblock(1));
+      else cp_async_commit();
+    }
     uint32_t phase = 0;  // parity bit per stage barrier
     const T* sKw = sK + wg * 64 * 64;  // this warpgroup's 64 keys (in each column half)
     const T* sVw = sV + wg * 64 * 64;
 
     for (int it = 0; it < nqb; ++it) {
-      const int st = it & 1, i = qblock(it);
-      if (it + 1 < nqb) {
+      const int st = it % NS, i = qblock(it);
+      if constexpr (NS == 3) {
+        // Stage (it + 2) % 3 was read in step it - 1, which ended at a barrier after its wgmma.
+        if (it + 2 < nqb) load_stage((it + 2) % 3, qblock(it + 2));
+        else cp_async_commit();
+        cp_async_wait<2>();
+      } else if (it + 1 < nqb) {
         load_stage(st ^ 1, qblock(it + 1));
         cp_async_wait<1>();
       } else {
@@ -129,7 +138,7 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
         mbar_wait(bar0 + 8 * st, (phase >> st) & 1);
         phase ^= 1u << st;
       }
-      if (it == 0 && kv_full) mbar_wait(bar0 + 16, 0);
+      if (it == 0 && kv_full) mbar_wait(bar0 + 8 * NS, 0);
       fence_proxy_async();
       __syncthreads();
       const T* cQ = sQ + st * BR * D;
@@ -225,20 +234,28 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
   }
 }
 
+template <typename T, int D, bool TMA, int NS>
+void launch_variant(const AttnParams& p, const TmaMaps& maps, cudaStream_t stream) {
+  const size_t smem = static_cast<size_t>(2 * BC * D + 2 * NS * BR * D + BC * BR) * sizeof(T) + 8 * (NS + 1) + 1024;
+  auto kernel = bwd_kernel<T, D, TMA, NS>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  dim3 grid((p.N + BC - 1) / BC, p.H, p.B);
+  kernel<<<grid, NT, smem, stream>>>(p, maps);
+}
+
 template <typename T, int D>
 void launch(const AttnParams& p, cudaStream_t stream) {
-  const size_t smem = static_cast<size_t>(2 * BC * D + 4 * BR * D + BC * BR) * sizeof(T) + 24 + 1024;
-  TmaMaps maps{};
-  // TMA at d128 only: measured +4-5% there and -2-3% at d64 (same-run A/B).
+  // d128: TMA and 3 Q/dO stages (same-run A/B: TMA +4-5%, the third stage +6-8% at N = 2048, 0-1%
+  // elsewhere); d64: cp.async and 2 stages (TMA measured -1-3% there, with 2 or 3 stages).
   constexpr bool kTma = D == 128;
+  constexpr int kStages = D == 128 ? 3 : 2;
+  TmaMaps maps{};
   const bool use_tma = kTma && encode_tile_map<T, D>(&maps.q, p.q, p.q_stride, p, BR) &&
                        encode_tile_map<T, D>(&maps.k, p.k, p.k_stride, p, BC) &&
                        encode_tile_map<T, D>(&maps.v, p.v, p.v_stride, p, BC) &&
                        encode_tile_map<T, D>(&maps.dout, p.dout, p.do_stride, p, BR);
-  auto kernel = use_tma ? bwd_kernel<T, D, kTma> : bwd_kernel<T, D, false>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  dim3 grid((p.N + BC - 1) / BC, p.H, p.B);
-  kernel<<<grid, NT, smem, stream>>>(p, maps);
+  if (use_tma) launch_variant<T, D, kTma, kStages>(p, maps, stream);
+  else launch_variant<T, D, false, 2>(p, maps, stream);  // no tensor maps: v10's loads
 }
 
 }  // namespace
