@@ -10,19 +10,13 @@
 #include "data/corpus.h"
 #include "data/gene_table.h"
 #include "data/loader.h"
+#include "prepare_options.h"
 #include "test_data.h"
 
 using namespace sctrain::data;
+using sctrain::testing::prepare_options;
 using sctrain::testing::project_data;
 
-static PrepareOptions options(std::vector<std::string> files, bool keep_rows = true) {
-  PrepareOptions o;
-  for (auto& f : files) o.sources.push_back(parse_source(f));
-  o.gene_table = project_data("genes/human_genes.tsv");
-  o.keep_rows = keep_rows;
-  o.progress = false;
-  return o;
-}
 
 static std::vector<std::string> names(const PreparedCorpus& c, const TokenizedCell& t, size_t n) {
   std::vector<std::string> out;
@@ -42,7 +36,7 @@ TEST(ParseSource, MatrixSuffix) {
 
 // Expected tokens: scripts/tokenize_baseline.py data/pbmc68k_reduced.h5ad --cells 0,1,2,350,699 --top 12
 TEST(PrepareFiles, Pbmc68kRankTokensMatchNumpy) {
-  PreparedCorpus c = prepare_corpus(options({project_data("pbmc68k_reduced.h5ad")}));
+  PreparedCorpus c = prepare_corpus(prepare_options({project_data("pbmc68k_reduced.h5ad")}));
   EXPECT_EQ(c.stats.n_cells, 700);
   EXPECT_EQ(c.vocab.n_genes(), 765);
   EXPECT_EQ(c.sources[0].genes_mapped, 751);
@@ -92,12 +86,12 @@ static uint64_t token_digest(const PreparedCorpus& c) {
 
 // Digests: scripts/tokenize_baseline.py FILE... --digest --max-len N
 TEST(PrepareFiles, AllTokensMatchNumpyPbmc68k) {
-  PreparedCorpus c = prepare_corpus(options({project_data("pbmc68k_reduced.h5ad")}));
+  PreparedCorpus c = prepare_corpus(prepare_options({project_data("pbmc68k_reduced.h5ad")}));
   EXPECT_EQ(token_digest(c), 23718783077802146ULL);
 }
 
 TEST(PrepareFiles, AllTokensMatchNumpyPbmc3kDuplicatesSummed) {
-  PrepareOptions o = options({project_data("pbmc3k_seurat.h5ad")}, false);  // tokens read back from the file
+  PrepareOptions o = prepare_options({project_data("pbmc3k_seurat.h5ad")}, false);  // tokens read back from the file
   PreparedCorpus c = prepare_corpus(o);
   EXPECT_EQ(c.vocab.n_genes(), 13685);             // 13714 columns, 29 share a gene after mapping
   EXPECT_EQ(c.sources[0].duplicate_columns, 29);
@@ -114,7 +108,7 @@ TEST(PrepareFiles, AllTokensMatchNumpyPbmc3kDuplicatesSummed) {
 // Figures: tokenize_baseline.py's mapping (set sizes) and --digest --max-len 512 on both files.
 TEST(PrepareFiles, EnsemblAndSymbolFilesShareTokens) {
   SCTRAIN_REQUIRE_SHARED(kang, "kang_pbmc_ctrl.h5ad");
-  PrepareOptions o = options({project_data("pbmc3k_seurat.h5ad"), kang});
+  PrepareOptions o = prepare_options({project_data("pbmc3k_seurat.h5ad"), kang});
   o.tokenize.max_len = 512;
   PreparedCorpus c = prepare_corpus(o);
   EXPECT_EQ(c.vocab.n_genes(), 13707);
@@ -132,7 +126,7 @@ TEST(PrepareFiles, EnsemblAndSymbolFilesShareTokens) {
 }
 
 TEST(PrepareFiles, SaveLoadRoundTripAndLoaderReadsFiles) {
-  PreparedCorpus c = prepare_corpus(options({project_data("pbmc68k_reduced.h5ad")}, false));
+  PreparedCorpus c = prepare_corpus(prepare_options({project_data("pbmc68k_reduced.h5ad")}, false));
   const std::string dir = (std::filesystem::temp_directory_path() / ("sctrain_prep_" + std::to_string(::getpid()))).string();
   save_corpus(c, dir);
   for (const char* f : {"vocab.tsv", "gene_medians.tsv", "manifest.json", "columns_0.tsv"})
@@ -146,7 +140,7 @@ TEST(PrepareFiles, SaveLoadRoundTripAndLoaderReadsFiles) {
   // A loader over the loaded corpus reads the file itself; same batches as from kept rows.
   LoaderConfig cfg;
   Loader a(d, cfg);
-  PreparedCorpus kept = prepare_corpus(options({project_data("pbmc68k_reduced.h5ad")}, true));
+  PreparedCorpus kept = prepare_corpus(prepare_options({project_data("pbmc68k_reduced.h5ad")}, true));
   Loader b(kept, cfg);
   for (int i = 0; i < 5; ++i) {
     Batch x = a.next(), y = b.next();
@@ -159,7 +153,7 @@ TEST(PrepareFiles, SaveLoadRoundTripAndLoaderReadsFiles) {
 TEST(PrepareFiles, ClearErrors) {
   // A file without the chosen matrix: names file and matrix.
   try {
-    prepare_corpus(options({project_data("pbmc68k_reduced.h5ad") + ":layers/counts"}));
+    prepare_corpus(prepare_options({project_data("pbmc68k_reduced.h5ad") + ":layers/counts"}));
     FAIL();
   } catch (const std::exception& e) {
     std::string m = e.what();
@@ -169,7 +163,7 @@ TEST(PrepareFiles, ClearErrors) {
   // No gene in a given vocabulary.
   const std::string vocab = (std::filesystem::temp_directory_path() / "sctrain_tiny_vocab.tsv").string();
   Vocabulary::from_genes({"NOT_A_GENE"}).save(vocab);
-  PrepareOptions o = options({project_data("pbmc68k_reduced.h5ad")});
+  PrepareOptions o = prepare_options({project_data("pbmc68k_reduced.h5ad")});
   o.vocab_file = vocab;
   try {
     prepare_corpus(o);
@@ -178,14 +172,14 @@ TEST(PrepareFiles, ClearErrors) {
     std::string m = e.what();
     EXPECT_NE(m.find("none of the 765 genes"), std::string::npos) << m;
   }
-  EXPECT_THROW(prepare_corpus(options({project_data("no_such_file.h5ad")})), std::exception);
+  EXPECT_THROW(prepare_corpus(prepare_options({project_data("no_such_file.h5ad")})), std::exception);
 }
 
 TEST(PrepareFiles, ScaledMatrixNegativesCountedRawXWorks) {
   // orig_scanpy_pbmc68k_reduced: X is scaled (negatives), raw/X is log-normalised.
-  PreparedCorpus x = prepare_corpus(options({project_data("orig_scanpy_pbmc68k_reduced.h5ad")}));
+  PreparedCorpus x = prepare_corpus(prepare_options({project_data("orig_scanpy_pbmc68k_reduced.h5ad")}));
   EXPECT_GT(x.sources[0].negative_values, 0);
-  PreparedCorpus raw = prepare_corpus(options({project_data("orig_scanpy_pbmc68k_reduced.h5ad:raw/X")}));
+  PreparedCorpus raw = prepare_corpus(prepare_options({project_data("orig_scanpy_pbmc68k_reduced.h5ad:raw/X")}));
   EXPECT_EQ(raw.sources[0].negative_values, 0);
   EXPECT_EQ(raw.sources[0].matrix, "raw/X");
   EXPECT_EQ(raw.stats.n_cells, 700);
@@ -193,16 +187,16 @@ TEST(PrepareFiles, ScaledMatrixNegativesCountedRawXWorks) {
 
 TEST(PrepareFiles, MouseNamesKeepTheirOwnTokensAndLegacyLayout) {
   SCTRAIN_REQUIRE_SHARED(mouse, "dentategyrus_200.h5ad");
-  PreparedCorpus c = prepare_corpus(options({mouse}));
+  PreparedCorpus c = prepare_corpus(prepare_options({mouse}));
   EXPECT_EQ(c.vocab.n_genes(), c.sources[0].n_genes);
   EXPECT_GT(c.sources[0].genes_unmapped.size(), 0u);
-  PreparedCorpus legacy = prepare_corpus(options({project_data("orig_scanpy_pbmc68k_reduced_legacy.h5ad:raw/X")}));
-  PreparedCorpus modern = prepare_corpus(options({project_data("orig_scanpy_pbmc68k_reduced.h5ad:raw/X")}));
+  PreparedCorpus legacy = prepare_corpus(prepare_options({project_data("orig_scanpy_pbmc68k_reduced_legacy.h5ad:raw/X")}));
+  PreparedCorpus modern = prepare_corpus(prepare_options({project_data("orig_scanpy_pbmc68k_reduced.h5ad:raw/X")}));
   EXPECT_EQ(token_digest(legacy), token_digest(modern));  // same data, 2018 layout
 }
 
 TEST(PrepareFiles, SummaryJson) {
-  PreparedCorpus c = prepare_corpus(options({project_data("pbmc68k_reduced.h5ad"), project_data("pbmc3k_seurat.h5ad")}));
+  PreparedCorpus c = prepare_corpus(prepare_options({project_data("pbmc68k_reduced.h5ad"), project_data("pbmc3k_seurat.h5ad")}));
   YAML::Node j = YAML::Load(summary_json(c));
   EXPECT_EQ(j["n_cells"].as<int64_t>(), 700 + 2638);
   EXPECT_EQ(j["n_genes"].as<int64_t>(), c.vocab.n_genes());
@@ -219,7 +213,7 @@ static std::string fixture(const std::string& name) { return std::string(SCTRAIN
 
 // 4 cells x (CD3E, MS4A1, NOT_A_GENE_X): [1 2 0], [0 0 0], [0 3 5], [4 0 1] (fixtures/README.md).
 TEST(PrepareFiles, HandCheckedTinyFileWithAnEmptyCell) {
-  PreparedCorpus c = prepare_corpus(options({fixture("empty_cell.h5ad")}));
+  PreparedCorpus c = prepare_corpus(prepare_options({fixture("empty_cell.h5ad")}));
   EXPECT_EQ(c.n_cells, 4);
   EXPECT_EQ(c.stats.n_cells, 3);
   EXPECT_EQ(c.sources[0].cells_empty, 1);
@@ -246,7 +240,7 @@ TEST(PrepareFiles, HandCheckedTinyFileWithAnEmptyCell) {
 
 TEST(PrepareFiles, NaNInAFileIsAnErrorNamingFileMatrixAndCell) {
   try {
-    prepare_corpus(options({fixture("nan_value.h5ad")}));
+    prepare_corpus(prepare_options({fixture("nan_value.h5ad")}));
     FAIL() << "no error";
   } catch (const std::exception& e) {
     std::string m = e.what();
@@ -259,7 +253,7 @@ TEST(PrepareFiles, NaNInAFileIsAnErrorNamingFileMatrixAndCell) {
 // Bins: numpy on the cell's expressed values, 1 + 50 * searchsorted(sorted, v, 'left') // n, listed
 // in rank order (first 16 genes of cells 0 and 5 of pbmc68k_reduced).
 TEST(PrepareFiles, BinnedModeMatchesNumpy) {
-  PrepareOptions o = options({project_data("pbmc68k_reduced.h5ad")});
+  PrepareOptions o = prepare_options({project_data("pbmc68k_reduced.h5ad")});
   o.tokenize.mode = TokenMode::Binned;
   PreparedCorpus c = prepare_corpus(o);
   EXPECT_EQ(token_digest(c), 23718783077802146ULL);  // same gene order as rank mode
@@ -273,7 +267,7 @@ TEST(PrepareFiles, BinnedModeMatchesNumpy) {
 // Two ranks over a real file with a token budget: disjoint shards covering the train split,
 // batches within budget, and a resumed loader continuing with identical batches.
 TEST(PrepareFiles, LoaderOnARealFileShardsBudgetsResume) {
-  PreparedCorpus c = prepare_corpus(options({project_data("pbmc68k_reduced.h5ad")}));
+  PreparedCorpus c = prepare_corpus(prepare_options({project_data("pbmc68k_reduced.h5ad")}));
   LoaderConfig cfg;
   cfg.batch_size = 64;
   cfg.token_budget = 4096;
@@ -319,7 +313,7 @@ TEST(PrepareFiles, MediansEqualAPlainComputation) {
   std::vector<std::string> files = {project_data("pbmc3k_seurat.h5ad")};
   if (std::string kang = sctrain::testing::shared_data("kang_pbmc_ctrl.h5ad"); !kang.empty()) files.push_back(kang);
   for (const auto& f : files) {
-    PreparedCorpus c = prepare_corpus(options({f}));
+    PreparedCorpus c = prepare_corpus(prepare_options({f}));
     const GatheredCells& g = *c.gathered;
     std::vector<std::vector<double>> values(c.vocab.size());
     for (int64_t i = 0; i < c.n_cells; ++i)

@@ -8,20 +8,14 @@
 #include <filesystem>
 
 #include "data/corpus.h"
+#include "prepare_options.h"
 #include "test_data.h"
 
 using namespace sctrain::data;
+using sctrain::testing::prepare_options;
 using sctrain::testing::project_data;
 
 namespace {
-PrepareOptions options(std::vector<std::string> files, bool keep_rows = true) {
-  PrepareOptions o;
-  for (auto& f : files) o.sources.push_back(parse_source(f));
-  o.gene_table = project_data("genes/human_genes.tsv");
-  o.keep_rows = keep_rows;
-  o.progress = false;
-  return o;
-}
 std::string temp_dir(const std::string& tag) {
   return (std::filesystem::temp_directory_path() / ("sctrain_" + tag + "_" + std::to_string(::getpid()))).string();
 }
@@ -31,11 +25,11 @@ std::string temp_dir(const std::string& tag) {
 // PBMC 3k's ids, kang's other genes are dropped and counted, medians are PBMC 3k's.
 TEST(StatsFrom, KangWithPbmc3kVocabularyAndMedians) {
   SCTRAIN_REQUIRE_SHARED(kang, "kang_pbmc_ctrl.h5ad");
-  PreparedCorpus base = prepare_corpus(options({project_data("pbmc3k_seurat.h5ad")}, false));
+  PreparedCorpus base = prepare_corpus(prepare_options({project_data("pbmc3k_seurat.h5ad")}, false));
   const std::string dir = temp_dir("stats_base");
   save_corpus(base, dir);
 
-  PrepareOptions o = options({kang});
+  PrepareOptions o = prepare_options({kang});
   o.stats_from = dir;
   PreparedCorpus c = prepare_corpus(o);
   EXPECT_EQ(c.vocab.names(), base.vocab.names());
@@ -43,7 +37,7 @@ TEST(StatsFrom, KangWithPbmc3kVocabularyAndMedians) {
 
   // Kang prepared on its own names each column's gene; the reused vocabulary must give that
   // gene PBMC 3k's id, or drop the column.
-  PreparedCorpus own = prepare_corpus(options({kang}, false));
+  PreparedCorpus own = prepare_corpus(prepare_options({kang}, false));
   const SourceInfo& si = c.sources[0];
   int64_t shared = 0, dropped = 0;
   for (int64_t j = 0; j < si.n_genes; ++j) {
@@ -84,15 +78,15 @@ TEST(StatsFrom, KangWithPbmc3kVocabularyAndMedians) {
 // A gene of the reused vocabulary never expressed in that corpus has no median (0): counted,
 // and ranked with median 1. Corpus A: pbmc68k with PBMC 3k's vocabulary (most genes unseen).
 TEST(StatsFrom, GenesWithoutAMedianAreCountedAndRankedWithOne) {
-  PreparedCorpus vocab_src = prepare_corpus(options({project_data("pbmc3k_seurat.h5ad")}, false));
+  PreparedCorpus vocab_src = prepare_corpus(prepare_options({project_data("pbmc3k_seurat.h5ad")}, false));
   const std::string vdir = temp_dir("stats_vocab"), adir = temp_dir("stats_a");
   save_corpus(vocab_src, vdir);
-  PrepareOptions oa = options({project_data("pbmc68k_reduced.h5ad")}, false);
+  PrepareOptions oa = prepare_options({project_data("pbmc68k_reduced.h5ad")}, false);
   oa.vocab_file = vdir + "/vocab.tsv";
   save_corpus(prepare_corpus(oa), adir);
   PreparedCorpus a = load_corpus(adir);
 
-  PrepareOptions o = options({project_data("pbmc3k_seurat.h5ad")});
+  PrepareOptions o = prepare_options({project_data("pbmc3k_seurat.h5ad")});
   o.stats_from = adir;
   PreparedCorpus c = prepare_corpus(o);
   std::vector<uint8_t> expressed(c.vocab.size(), 0);

@@ -1,6 +1,7 @@
 // Gathering a CSR row, rank ordering, truncation, expression bins: hand-checked cases.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <set>
@@ -8,6 +9,17 @@
 #include "data/tokenizer.h"
 
 using namespace sctrain::data;
+
+namespace {
+// The rank order by definition: (-normalised / median, token), sorted in double precision.
+std::vector<std::pair<double, int32_t>> reference_order(const CellGenes& c, const std::vector<double>& med) {
+  std::vector<std::pair<double, int32_t>> ref;
+  for (size_t i = 0; i < c.tokens.size(); ++i)
+    ref.push_back({-(static_cast<double>(c.values[i]) * 1e4 / c.total / med[c.tokens[i]]), c.tokens[i]});
+  std::sort(ref.begin(), ref.end());
+  return ref;
+}
+}  // namespace
 
 TEST(GatherCell, MapsDropsAndSumsDuplicates) {
   // columns 0..4, values {2, -1, 4, 3, 1}; column 2 unmapped; columns 0 and 3 share token 7.
@@ -106,10 +118,7 @@ TEST(TokenizeCell, LongCellsMatchAPlainSort) {
     std::reverse(c.tokens.begin(), c.tokens.end());  // input not in token order
     c.total = 0;
     for (float v : c.values) c.total += v;
-    std::vector<std::pair<double, int32_t>> ref;
-    for (size_t i = 0; i < c.tokens.size(); ++i)
-      ref.push_back({-(static_cast<double>(c.values[i]) * 1e4 / c.total / med[c.tokens[i]]), c.tokens[i]});
-    std::sort(ref.begin(), ref.end());
+    const auto ref = reference_order(c, med);
     TokenizeConfig cfg;
     cfg.max_len = 201;
     TokenizedCell t;
@@ -133,10 +142,7 @@ TEST(TokenizeCell, NearTiesOrderedByTheFullScore) {
   std::reverse(c.tokens.begin(), c.tokens.end());
   c.total = 0;
   for (float v : c.values) c.total += v;
-  std::vector<std::pair<double, int32_t>> ref;
-  for (size_t i = 0; i < c.tokens.size(); ++i)
-    ref.push_back({-(static_cast<double>(c.values[i]) * 1e4 / c.total / med[c.tokens[i]]), c.tokens[i]});
-  std::sort(ref.begin(), ref.end());
+  const auto ref = reference_order(c, med);
   TokenizedCell t;
   tokenize_cell(c, med, TokenizeConfig{}, t);
   ASSERT_EQ(t.genes.size(), ref.size());
