@@ -1,12 +1,12 @@
 // Forward sigmoid attention, Hopper path (sm_90a): wgmma with operands in shared memory.
 // One block = 1 producer + 2 consumer warpgroups; each consumer owns 64 query rows of one (batch, head).
 // Key blocks of BC = 128 (d64) or 64 (d128).
-// Producer (setmaxnreg 40) fills a K/V ring (6 stages at d64, 4 at d128): key blocks wholly inside the sequence (and Q with
-// them) by TMA, issued by one thread, the stage's "full" barrier counting the bytes; a sequence's last
-// partial block by cp.async, zero-filled past the length, each thread's cp.async.mbarrier.arrive
-// counting on that barrier. Consumers (setmaxnreg 232)
-// wait on "full", release a stage through its "empty" barrier once PV of that block retired, and never
-// meet each other, so one's sigmoid runs under the other's wgmma.
+// Producer (setmaxnreg 40) fills a K/V ring (6 stages at d64, 4 at d128): key blocks wholly inside
+// the sequence (and Q with block 0) by TMA, issued by one thread, the stage's "full" barrier counting
+// the bytes; a sequence's last partial block by cp.async, zero-filled past the length, each thread's
+// cp.async.mbarrier.arrive counting on that barrier. Consumers (setmaxnreg 232) wait on "full",
+// release a stage through its "empty" barrier once PV of that block retired, and never meet each
+// other, so one's sigmoid runs under the other's wgmma.
 // S = Q K^T: wgmma m64nBCk16, A and B from shared memory (K-major, 128-byte swizzle).
 // O += P V:  wgmma m64nDk16, A = P from registers, B = V from shared memory (MN-major).
 // S_{j+1} runs on the tensor cores while the sigmoid of block j is computed.
