@@ -172,6 +172,8 @@ void Engine::update() {
   opt_->step(p.s.lr, grad_scale, found_inf);
   ++step_;
   p.s.step = step_;
+  // On the CPU the work is done when update() returns; on CUDA collect() learns it from the event.
+  if (!p.ready) p.s.done = std::chrono::steady_clock::now();
   pending_.push_back(std::move(p));
 }
 
@@ -179,8 +181,11 @@ StepStats Engine::collect() {
   if (pending_.empty()) throw std::logic_error("Engine::collect: no updated step to collect");
   Pending p = std::move(pending_.front());
   pending_.pop_front();
-  if (p.ready) p.ready->synchronize();
   StepStats s = std::move(p.s);
+  if (p.ready) {
+    p.ready->synchronize();
+    s.done = std::chrono::steady_clock::now();
+  }
   const double* h = p.host.const_data_ptr<double>();
   s.loss = h[0];
   double total = 0;

@@ -4,6 +4,7 @@
 #include <c10/core/Event.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <deque>
 #include <filesystem>
 #include <optional>
@@ -31,6 +32,7 @@ struct StepStats {
   double lr = 0;
   int64_t cells = 0, tokens = 0, padded_tokens = 0, masked = 0;
   double flops = 0;                      // model FLOPs (model::training_flops)
+  std::chrono::steady_clock::time_point done;  // when the step's work was done (Engine::collect)
 };
 
 struct EvalStats {

@@ -308,7 +308,9 @@ int pretrain(Config cfg, const PretrainOptions& opts) {
   // Collects the oldest updated step and writes its metrics line and console line.
   auto finish = [&]() -> StepStats {
     StepStats s = engine.collect();
-    const auto now = std::chrono::steady_clock::now();
+    // From when the previous step's work was done to when this one's was (not when each was
+    // collected: on the CPU a step is collected after the next one has run).
+    const auto now = s.done;
     const double secs = std::chrono::duration<double>(now - t_last).count();
     t_last = now;
     const int64_t step = s.step;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -513,6 +514,32 @@ TEST(Engine, NonFiniteStepIsSkippedGpu) {
 
 // The trainer collects a step late unless it validates, checkpoints or ends after it: the
 // metrics are those of collecting every step at once (every step a checkpoint step).
+// step_time_s is each step's own work, also for the steps collected at once (validation,
+// checkpoint, last) and the ones after them: on the CPU a late-collected step has already run the
+// next step's forward and backward, which must not count as its time.
+TEST(Pretrain, StepTimesAreEachStepsOwn) {
+  auto dir = temp_dir("times");
+  auto cfg = tiny_run(12);
+  cfg.train.val_every = 4;
+  ASSERT_EQ(train::pretrain(cfg, quiet(dir / "run")), 0);
+  std::vector<std::pair<int64_t, double>> times;
+  std::ifstream in(dir / "run" / "metrics.jsonl");
+  std::string line;
+  const std::string key = "\"step_time_s\":";
+  while (std::getline(in, line)) {
+    const auto p = line.find(key);
+    if (p == std::string::npos) continue;
+    times.push_back({std::stoll(line.substr(8, line.find(',') - 8)), std::stod(line.substr(p + key.size()))});
+  }
+  ASSERT_EQ(times.size(), 12u);
+  std::vector<double> sorted;
+  for (const auto& [step, t] : times) sorted.push_back(t);
+  std::sort(sorted.begin(), sorted.end());
+  const double median = sorted[sorted.size() / 2];
+  for (const auto& [step, t] : times) EXPECT_GT(t, 0.2 * median) << "step " << step << ": " << t << " s, median " << median;
+  train::remove_tree(dir);
+}
+
 TEST(Pretrain, LateCollectionGivesTheSameMetrics) {
   auto dir = temp_dir("late");
   auto cfg = tiny_run(8);
