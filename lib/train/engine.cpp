@@ -7,6 +7,7 @@
 #include <torch/cuda.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 
@@ -152,7 +153,14 @@ void Engine::update() {
   p.host.copy_(stats, /*non_blocking=*/device_.is_cuda());
   if (device_.is_cuda()) {
     c10::impl::VirtualGuardImpl impl(device_.type());
-    p.ready.emplace(device_.type());
+    if (!clock_event_) {  // the anchor: recorded on an idle stream, so it completes at once
+      impl.getStream(device_).synchronize();
+      clock_event_.emplace(device_.type(), c10::EventFlag::BACKEND_DEFAULT);
+      clock_event_->record(impl.getStream(device_));
+      clock_event_->synchronize();
+      clock_host_ = std::chrono::steady_clock::now();
+    }
+    p.ready.emplace(device_.type(), c10::EventFlag::BACKEND_DEFAULT);
     p.ready->record(impl.getStream(device_));
   }
 
@@ -172,8 +180,8 @@ void Engine::update() {
   opt_->step(p.s.lr, grad_scale, found_inf);
   ++step_;
   p.s.step = step_;
-  // On the CPU the work is done when update() returns; on CUDA collect() learns it from the event.
-  if (!p.ready) p.s.done = std::chrono::steady_clock::now();
+  // When the host has queued (on the CPU: done) the step's work; collect() adds the GPU's side.
+  p.s.done = std::chrono::steady_clock::now();
   pending_.push_back(std::move(p));
 }
 
@@ -183,8 +191,12 @@ StepStats Engine::collect() {
   pending_.pop_front();
   StepStats s = std::move(p.s);
   if (p.ready) {
+    // Done = queued by the host and finished on the GPU, whichever came later (the host may
+    // collect a step well after the GPU finished it).
     p.ready->synchronize();
-    s.done = std::chrono::steady_clock::now();
+    const auto gpu_done = clock_host_ + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                            std::chrono::duration<double, std::milli>(clock_event_->elapsedTime(*p.ready)));
+    s.done = std::max(s.done, gpu_done);
   }
   const double* h = p.host.const_data_ptr<double>();
   s.loss = h[0];

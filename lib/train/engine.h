@@ -107,9 +107,12 @@ class Engine {
   struct Pending {
     StepStats s;                      // what the host knew at update()
     torch::Tensor host;               // [loss, group squared norms...] float64 (pinned on CUDA)
-    std::optional<c10::Event> ready;  // recorded after the copy (CUDA)
+    std::optional<c10::Event> ready;  // recorded after the copy (CUDA; timing enabled)
   };
   std::deque<Pending> pending_;
+  // CUDA: an event and the host time it completed at, to place the steps' events on the host clock.
+  std::optional<c10::Event> clock_event_;
+  std::chrono::steady_clock::time_point clock_host_;
 };
 
 // Loads model.pt into a model (for evaluation and embedding).
