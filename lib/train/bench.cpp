@@ -3,12 +3,12 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
-#include <map>
-#include <set>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <map>
 #include <random>
+#include <set>
 
 #include "model/model.h"
 #include "train/engine.h"
@@ -114,9 +114,9 @@ void profile_steps(Engine& engine, Micro&& micro, int n, bool sync) {
     if (ev.deviceType() != c10::DeviceType::CUDA) continue;
     const double ns = static_cast<double>(ev.durationNs());
     auto it = op_of.find(ev.linkedCorrelationId());
-    ops_of_kernel[ev.name().substr(0, 110)][it == op_of.end() ? "?" : it->second.substr(0, 200)] +=
-        static_cast<double>(ev.durationNs());
-    auto& slot = by_name[ev.name().substr(0, 110)];
+    const std::string kernel = ev.name().substr(0, 110);
+    ops_of_kernel[kernel][it == op_of.end() ? "?" : it->second.substr(0, 200)] += ns;
+    auto& slot = by_name[kernel];
     slot.first += ns;
     slot.second += 1;
     busy += ns;
