@@ -1,12 +1,13 @@
-// Backward sigmoid attention, Hopper path (sm_90a): wgmma, operands in shared memory (at d128 TMA for
-// tiles wholly inside the sequence, cp.async zero-filled for a partial one, 3 Q/dO stages; at d64 all
-// cp.async, 2 stages). One block = 2 warpgroups x 64 keys of one (batch, head); query steps of 64.
-// Warpgroup w, its keys Kw (64 rows), per step (transposed, keys x queries):
-//   S^T = Kw Q^T, dP^T = Vw dO^T          wgmma m64n64, A and B K-major in shared memory; S^T retires
+// Backward sigmoid attention, Hopper path (sm_90a): wgmma, operands in shared memory (tiles wholly inside
+// the sequence by TMA, a partial one by cp.async zero-filled past the length; Q/dO in 3 stages at d128,
+// 2 at d64). One block = 2 warpgroups x 64 keys of one (batch, head); query steps of BR = 64 (d128) or
+// 128 (d64). Warpgroup w, its keys Kw (64 rows), per step (transposed, keys x queries):
+//   S^T = Kw Q^T, dP^T = Vw dO^T          wgmma m64nBR, A and B K-major in shared memory; S^T retires
 //                                         first, so the sigmoid runs while dP^T is on the tensor cores
 //   P^T, dS^T = scale * dP^T P^T (1-P^T)  registers; dS^T also to shared memory
-//   dQ += dS K                            wgmma m64n(D/2) over all 128 keys, each warpgroup half of the
-//                                         columns; A = dS^T and B = K MN-major; 16-byte fp32 atomics
+//   dQ += dS K                            over all 128 keys, A = dS^T and B = K MN-major; at BR = 64 each
+//                                         warpgroup takes half of the columns (m64n(D/2)), at BR = 128 half
+//                                         of the queries (m64nD); 16-byte fp32 atomics
 //   dVw += P^T dO, dKw += dS^T Q          wgmma m64nD, A from registers, B MN-major, issued after dQ
 //                                         so that dQ's atomics run under them
 // At d128 each key block starts its sweep over the query blocks at its own offset (x * nqb / nkb), so
@@ -20,7 +21,7 @@ namespace sctrain::kernels::cuda {
 namespace sm90 {
 namespace {
 
-constexpr int BC = 128, BR = 64, NT = 256;
+constexpr int BC = 128, NT = 256;
 
 struct TmaMaps {
   CUtensorMap q, k, v, dout;
@@ -33,9 +34,12 @@ __device__ __forceinline__ void fence_regs(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-template <typename T, int D, bool TMA, int NS>
+template <typename T, int D, bool TMA, int NS, int BR>
 __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
   constexpr bool kStagger = D == 128;  // measured: +5-10% at d128, -2-4% at d64
+  // BR = 128 query steps: dQ's wgmma splits the queries between the warpgroups, not the columns.
+  constexpr bool kQueryHalves = BR == 128;
+  static_assert(BR == 64 || (BR == 128 && D == 64), "128-query steps at head dim 64 only");
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   T* sK = reinterpret_cast<T*>(smem);
@@ -144,35 +148,35 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
       const T* cQ = sQ + st * BR * D;
       const T* cdO = sdO + st * BR * D;
 
-      float s[32], dp[32];
+      float s[BR / 2], dp[BR / 2];
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const int half = kk / 4, koff = (kk % 4) * 16;
-        mma_ss<T, 64>(s, desc(sKw + half * BC * 64 + koff, 16, 1024), desc(cQ + half * BR * 64 + koff, 16, 1024),
+        mma_ss<T, BR>(s, desc(sKw + half * BC * 64 + koff, 16, 1024), desc(cQ + half * BR * 64 + koff, 16, 1024),
                       kk > 0);
       }
       wgmma_commit();  // S^T alone, then dP^T
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const int half = kk / 4, koff = (kk % 4) * 16;
-        mma_ss<T, 64>(dp, desc(sVw + half * BC * 64 + koff, 16, 1024),
+        mma_ss<T, BR>(dp, desc(sVw + half * BC * 64 + koff, 16, 1024),
                       desc(cdO + half * BR * 64 + koff, 16, 1024), kk > 0);
       }
       wgmma_commit();
       wgmma_wait<1>();  // S^T done: P^T = sigmoid(S^T) (in place) while dP^T runs
       fence_regs(s);
 #pragma unroll
-      for (int r = 0; r < 32; ++r) {
+      for (int r = 0; r < BR / 2; ++r) {
         const float pe = sigmoid_half_arg(fmaf(s[r], hs, hb));
         s[r] = ((r & 3) < 2 ? m0 : m1) ? pe : 0.f;
       }
       wgmma_wait<0>();
       fence_regs(dp);
 
-      uint32_t pf[4][4], dsf[4][4];
+      uint32_t pf[BR / 16][4], dsf[BR / 16][4];
 #pragma unroll
-      for (int n = 0; n < 8; ++n) {
+      for (int n = 0; n < BR / 8; ++n) {
         float pv[4], dsv[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -195,13 +199,14 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
       fence_proxy_async();  // sdS written by ordinary stores, read by the tensor cores
       __syncthreads();      // dS^T of all 128 keys complete
       {
-        constexpr int NQ = D / 2;
-        const T* sKc = sK + (D == 128 ? wg * BC * 64 : wg * 32);
+        constexpr int NQ = kQueryHalves ? D : D / 2;
+        const T* sKc = kQueryHalves ? sK : sK + (D == 128 ? wg * BC * 64 : wg * 32);
+        const T* sdSw = kQueryHalves ? sdS + wg * BC * 64 : sdS;
         float dqa[NQ / 2];
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < BC / 16; ++kk)
-          mma_ss_tt<T, NQ>(dqa, desc(sdS + kk * 16 * 64, 8192, 1024), desc(sKc + kk * 16 * 64, 8192, 1024), kk > 0);
+          mma_ss_tt<T, NQ>(dqa, desc(sdSw + kk * 16 * 64, 8192, 1024), desc(sKc + kk * 16 * 64, 8192, 1024), kk > 0);
         wgmma_commit();
 #pragma unroll
         for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dva, pf[kk], desc(cdO + kk * 16 * 64, BR * 128, 1024));
@@ -209,7 +214,8 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
         for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dka, dsf[kk], desc(cQ + kk * 16 * 64, BR * 128, 1024));
         wgmma_commit();
         wgmma_wait<1>();  // dQ done; dV/dK still on the tensor cores under the atomics
-        atomic_add_tile(dq, o_row, dqa, i * BR + wi * 16, wg * NQ, len, lane);
+        atomic_add_tile(dq, o_row, dqa, i * BR + (kQueryHalves ? wg * 64 : 0) + wi * 16, kQueryHalves ? 0 : wg * NQ,
+                        len, lane);
         wgmma_wait<0>();
       }
       __syncthreads();  // stage and sdS free for the next step
@@ -234,10 +240,10 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
   }
 }
 
-template <typename T, int D, bool TMA, int NS>
+template <typename T, int D, bool TMA, int NS, int BR>
 void launch_variant(const AttnParams& p, const TmaMaps& maps, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(2 * BC * D + 2 * NS * BR * D + BC * BR) * sizeof(T) + 8 * (NS + 1) + 1024;
-  auto kernel = bwd_kernel<T, D, TMA, NS>;
+  auto kernel = bwd_kernel<T, D, TMA, NS, BR>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   dim3 grid((p.N + BC - 1) / BC, p.H, p.B);
   kernel<<<grid, NT, smem, stream>>>(p, maps);
@@ -245,17 +251,16 @@ void launch_variant(const AttnParams& p, const TmaMaps& maps, cudaStream_t strea
 
 template <typename T, int D>
 void launch(const AttnParams& p, cudaStream_t stream) {
-  // d128: TMA and 3 Q/dO stages (same-run A/B: TMA +4-5%, the third stage +6-8% at N = 2048, 0-1%
-  // elsewhere); d64: cp.async and 2 stages (TMA measured -1-3% there, with 2 or 3 stages).
-  constexpr bool kTma = D == 128;
-  constexpr int kStages = D == 128 ? 3 : 2;
+  // Same-run A/Bs: d128 TMA +4-5%, its third Q/dO stage +6-8% at N = 2048 (0-1% elsewhere); d64 128-query
+  // steps with TMA +3-5% over 64-query steps (with cp.async -3%, with 3 stages no better than 2).
+  constexpr int kRows = D == 64 ? 128 : 64, kStages = D == 64 ? 2 : 3;
   TmaMaps maps{};
-  const bool use_tma = kTma && encode_tile_map<T, D>(&maps.q, p.q, p.q_stride, p, BR) &&
+  const bool use_tma = encode_tile_map<T, D>(&maps.q, p.q, p.q_stride, p, kRows) &&
                        encode_tile_map<T, D>(&maps.k, p.k, p.k_stride, p, BC) &&
                        encode_tile_map<T, D>(&maps.v, p.v, p.v_stride, p, BC) &&
-                       encode_tile_map<T, D>(&maps.dout, p.dout, p.do_stride, p, BR);
-  if (use_tma) launch_variant<T, D, kTma, kStages>(p, maps, stream);
-  else launch_variant<T, D, false, 2>(p, maps, stream);  // no tensor maps: v10's loads
+                       encode_tile_map<T, D>(&maps.dout, p.dout, p.do_stride, p, kRows);
+  if (use_tma) launch_variant<T, D, true, kStages, kRows>(p, maps, stream);
+  else launch_variant<T, D, false, 2, 64>(p, maps, stream);  // no tensor maps: v10's loads
 }
 
 }  // namespace
