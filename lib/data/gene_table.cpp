@@ -2,9 +2,13 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <stdexcept>
 #include <cstring>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "util/log.h"
 
@@ -33,139 +37,209 @@ std::string_view strip_version(std::string_view name) {
   return name.substr(0, dot);
 }
 
-// The names a load indexes: an open-addressing set with a cheap hash, since every symbol,
-// alias and ID of the table (~260k) is tested against the few thousand names in use.
-class NameSet {
- public:
-  explicit NameSet(const std::vector<std::string>& names) {
-    size_t cap = 16;
-    while (cap < 2 * names.size()) cap *= 2;
-    slots_.assign(cap, std::string_view());
-    tags_.assign(cap, 0);
-    mask_ = cap - 1;
-    for (const auto& n : names) {
-      if (n.empty()) continue;
-      const uint64_t h = hash(n);
-      size_t i = h & mask_;
-      while (tags_[i] != 0 && slots_[i] != n) i = (i + 1) & mask_;
-      slots_[i] = n;
-      tags_[i] = tag(h);
-    }
+uint64_t hash_name(std::string_view s) {
+  uint64_t h = 0x9E3779B97F4A7C15ULL ^ s.size();
+  size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, s.data() + i, 8);
+    h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+    h ^= h >> 31;
   }
-  bool contains(std::string_view k) const {
-    const uint64_t h = hash(k);
-    const uint32_t t = tag(h);
-    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
-      if (tags_[i] == 0) return false;
-      if (tags_[i] == t && slots_[i] == k) return true;
-    }
-  }
+  uint64_t w = 0;
+  for (size_t k = 0; i + k < s.size(); ++k) w |= static_cast<uint64_t>(static_cast<unsigned char>(s[i + k])) << (8 * k);
+  h = (h ^ w) * 0x94D049BB133111EBULL;
+  return h ^ (h >> 29);
+}
+uint32_t tag_of(uint64_t h) { return static_cast<uint32_t>(h >> 32) | 1; }  // 0 = free slot
 
- private:
-  static uint32_t tag(uint64_t h) { return static_cast<uint32_t>(h >> 32) | 1; }  // 0 = free slot
-  static uint64_t hash(std::string_view s) {
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ s.size();
-    size_t i = 0;
-    for (; i + 8 <= s.size(); i += 8) {
-      uint64_t w;
-      std::memcpy(&w, s.data() + i, 8);
-      h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
-      h ^= h >> 31;
+// The file's bytes: mapped read-only (no copy, no fresh pages to fault in), else read.
+std::shared_ptr<const char> read_text(const std::string& path, size_t& size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error(str(path, ": cannot open the gene table"));
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+    const size_t n = static_cast<size_t>(st.st_size);
+    void* p = ::mmap(nullptr, n, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    if (p != MAP_FAILED) {
+      ::close(fd);
+      size = n;
+      return std::shared_ptr<const char>(static_cast<const char*>(p),
+                                         [n](const char* q) { ::munmap(const_cast<char*>(q), n); });
     }
-    uint64_t w = 0;
-    std::memcpy(&w, s.data() + i, s.size() - i);
-    h = (h ^ w) * 0x94D049BB133111EBULL;
-    return h ^ (h >> 29);
   }
-  std::vector<std::string_view> slots_;  // views of the caller's names
-  std::vector<uint32_t> tags_;           // hash tags, 4 bytes a slot: a miss rarely reads slots_
-  size_t mask_ = 0;
-};
+  auto text = std::make_shared<std::string>();
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t got = ::read(fd, buf, sizeof buf);
+    if (got < 0) {
+      ::close(fd);
+      throw std::runtime_error(str(path, ": cannot read the gene table"));
+    }
+    if (got == 0) break;
+    text->append(buf, static_cast<size_t>(got));
+  }
+  ::close(fd);
+  size = text->size();
+  return std::shared_ptr<const char>(text, text->data());
+}
 }  // namespace
 
 std::string strip_ensembl_version(std::string_view name) { return std::string(strip_version(name)); }
 
+void GeneTable::grow() {
+  const size_t cap = std::max<size_t>(16, 2 * tags_.size());
+  std::vector<std::string_view> keys(cap);
+  std::vector<uint32_t> tags(cap, 0);
+  std::vector<Entry> entries(cap);
+  for (size_t i = 0; i < tags_.size(); ++i) {
+    if (!tags_[i]) continue;
+    size_t j = hash_name(keys_[i]) & (cap - 1);
+    while (tags[j]) j = (j + 1) & (cap - 1);
+    keys[j] = keys_[i];
+    tags[j] = tags_[i];
+    entries[j] = entries_[i];
+  }
+  keys_.swap(keys);
+  tags_.swap(tags);
+  entries_.swap(entries);
+}
+
+GeneTable::Entry* GeneTable::find_or_add(std::string_view key, uint64_t h, bool add) {
+  if (!add) {
+    if (tags_.empty()) return nullptr;
+    const size_t mask = tags_.size() - 1;
+    const uint32_t tag = tag_of(h);
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+      if (tags_[i] == 0) return nullptr;
+      if (tags_[i] == tag && keys_[i] == key) return &entries_[i];
+    }
+  }
+  if (2 * (used_ + 1) > tags_.size()) grow();
+  if (tags_.empty()) return nullptr;
+  const size_t mask = tags_.size() - 1;
+  const uint32_t tag = tag_of(h);
+  for (size_t i = h & mask;; i = (i + 1) & mask) {
+    if (tags_[i] == 0) {
+      if (!add) return nullptr;
+      tags_[i] = tag;
+      keys_[i] = key;
+      ++used_;
+      return &entries_[i];
+    }
+    if (tags_[i] == tag && keys_[i] == key) return &entries_[i];
+  }
+}
+
+const GeneTable::Entry* GeneTable::find(std::string_view key) const {
+  return const_cast<GeneTable*>(this)->find_or_add(key, hash_name(key), false);
+}
+
 GeneTable GeneTable::load(const std::string& path, const std::vector<std::string>* only) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) throw std::runtime_error(str(path, ": cannot open the gene table"));
   GeneTable t;
-  t.text_.resize(static_cast<size_t>(in.tellg()));
-  in.seekg(0);
-  if (!in.read(t.text_.data(), static_cast<std::streamsize>(t.text_.size())))
-    throw std::runtime_error(str(path, ": cannot read the gene table"));
-  if (t.text_.size() < 64) t.text_.reserve(64);  // keep it on the heap: views survive moves
-  std::vector<std::string> wanted_names;     // keys worth indexing (all when `only` is null)
+  size_t size = 0;
+  t.text_ = read_text(path, size);
   if (only) {
-    wanted_names.reserve(only->size());
-    for (const auto& n : *only) wanted_names.push_back(strip_ensembl_version(n));
+    // The names in use, version stripped, copied into a buffer the table owns (the keys view
+    // them); the table's names are then only looked up, never added.
+    size_t bytes = 0;
+    for (const auto& n : *only) bytes += strip_version(n).size();
+    auto names = std::make_shared<std::string>();
+    names->reserve(bytes);
+    std::vector<std::pair<size_t, size_t>> spans;
+    spans.reserve(only->size());
+    for (const auto& n : *only) {
+      const std::string_view k = strip_version(n);
+      spans.emplace_back(names->size(), k.size());
+      names->append(k);
+    }
+    t.names_ = names;
+    for (auto [at, len] : spans) {
+      if (len == 0) continue;
+      const std::string_view k(names->data() + at, len);
+      t.find_or_add(k, hash_name(k), true);
+    }
   }
-  const NameSet wanted(wanted_names);
-  auto want = [&](std::string_view k) { return !only || wanted.contains(k); };
-  if (!only) {
-    t.by_symbol_.reserve(100000);
-    t.by_alias_.reserve(200000);
-    t.by_ensembl_.reserve(60000);
-  }
-  std::string_view all(t.text_);
-  t.canonical_.reserve(std::count(all.begin(), all.end(), '\n') + 1);
-  std::vector<std::string_view> parts;
+  const bool add = !only;
+  // One pass over the lines: fields by memchr, each ID, symbol and alias hashed once and
+  // looked up; the first gene (table order) to name a key keeps it.
+  const char* p = t.text_.get();
+  const char* const end = p + size;
   int64_t lineno = 0;
   int col_symbol = -1, col_ensembl = -1, col_aliases = -1, need = 0;
   std::vector<std::string_view> f;
-  size_t pos = 0;
-  while (pos < all.size()) {
-    size_t end = all.find('\n', pos);
-    if (end == std::string_view::npos) end = all.size();
-    std::string_view line = all.substr(pos, end - pos);
-    pos = end + 1;
+  auto each_part = [](std::string_view field, auto&& fn) {
+    const char* a = field.data();
+    const char* const e = a + field.size();
+    for (const char* q = a;; ++q) {  // fields are short: a byte loop beats memchr calls
+      if (q == e || *q == '|') {
+        if (q > a) fn(std::string_view(a, static_cast<size_t>(q - a)));
+        if (q == e) break;
+        a = q + 1;
+      }
+    }
+  };
+  while (p < end) {
+    const char* nl = static_cast<const char*>(std::memchr(p, '\n', static_cast<size_t>(end - p)));
+    if (!nl) nl = end;
+    std::string_view line(p, static_cast<size_t>(nl - p));
+    p = nl + (nl < end);
     ++lineno;
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    split_into(line, '\t', f);
     if (lineno == 1) {
-      for (int i = 0; i < static_cast<int>(f.size()); ++i) {
-        if (f[i] == "symbol") col_symbol = i;
-        if (f[i] == "ensembl_ids") col_ensembl = i;
-        if (f[i] == "aliases") col_aliases = i;
+      std::vector<std::string_view> h;
+      split_into(line, '\t', h);
+      for (int i = 0; i < static_cast<int>(h.size()); ++i) {
+        if (h[i] == "symbol") col_symbol = i;
+        if (h[i] == "ensembl_ids") col_ensembl = i;
+        if (h[i] == "aliases") col_aliases = i;
       }
       if (col_symbol < 0 || col_ensembl < 0)
         throw std::runtime_error(str(path, ":1: header needs columns 'symbol' and 'ensembl_ids'"));
       need = std::max({col_symbol, col_ensembl, col_aliases}) + 1;
+      f.resize(need);
       continue;
     }
     if (line.empty()) continue;
-    if (static_cast<int>(f.size()) < need)
-      throw std::runtime_error(str(path, ":", lineno, ": expected ", need, " tab-separated fields, got ", f.size()));
-    const int gene = static_cast<int>(t.canonical_.size());
-    std::string_view symbol = f[col_symbol], first_ensembl;
-    if (!f[col_ensembl].empty()) {
-      split_into(f[col_ensembl], '|', parts);
-      for (auto e : parts) {
-        if (e.empty()) continue;
-        std::string_view id = strip_version(e);  // stored stripped: a view of the prefix
-        if (first_ensembl.empty()) first_ensembl = id;
-        if (want(id)) t.by_ensembl_.emplace(id, gene);  // first gene in table order wins
+    int got = 0;
+    for (const char *a = line.data(), *q = a, *le = a + line.size();; ++q) {  // short fields: a byte loop
+      if (q == le || *q == '\t') {
+        f[got++] = std::string_view(a, static_cast<size_t>(q - a));
+        if (q == le || got == need) break;
+        a = q + 1;
       }
     }
-    t.canonical_.push_back(first_ensembl.empty() ? symbol : first_ensembl);
-    if (!symbol.empty() && want(symbol)) t.by_symbol_.emplace(symbol, gene);
-    if (col_aliases >= 0 && !f[col_aliases].empty()) {
-      split_into(f[col_aliases], '|', parts);
-      for (auto a : parts)
-        if (!a.empty() && want(a)) t.by_alias_.emplace(a, gene);
+    if (got < need) {
+      split_into(line, '\t', f);
+      throw std::runtime_error(str(path, ":", lineno, ": expected ", need, " tab-separated fields, got ", f.size()));
     }
+    ++t.n_genes_;
+    const std::string_view symbol = f[col_symbol];
+    std::string_view canonical;  // the gene's first Ensembl ID (stripped), else its symbol
+    each_part(f[col_ensembl], [&](std::string_view e) {
+      const std::string_view id = strip_version(e);  // stored stripped: a view of the prefix
+      if (canonical.empty()) canonical = id;
+      if (Entry* x = t.find_or_add(id, hash_name(id), add); x && !x->by_ensembl.data()) x->by_ensembl = canonical;
+    });
+    if (canonical.empty()) canonical = symbol;
+    if (!symbol.empty())
+      if (Entry* x = t.find_or_add(symbol, hash_name(symbol), add); x && !x->by_symbol.data()) x->by_symbol = canonical;
+    if (col_aliases >= 0)
+      each_part(f[col_aliases], [&](std::string_view a) {
+        if (Entry* x = t.find_or_add(a, hash_name(a), add); x && !x->by_alias.data()) x->by_alias = canonical;
+      });
   }
-  if (t.canonical_.empty()) throw std::runtime_error(str(path, ": the gene table has no genes"));
+  if (t.n_genes_ == 0) throw std::runtime_error(str(path, ": the gene table has no genes"));
   return t;
 }
 
 std::optional<std::string> GeneTable::canonical(std::string_view name) const {
   const std::string_view key = strip_version(name);
-  if (is_ensembl(key)) {
-    auto it = by_ensembl_.find(key);
-    if (it != by_ensembl_.end()) return std::string(canonical_[it->second]);
-  }
-  if (auto it = by_symbol_.find(key); it != by_symbol_.end()) return std::string(canonical_[it->second]);
-  if (auto it = by_alias_.find(key); it != by_alias_.end()) return std::string(canonical_[it->second]);
+  const Entry* e = find(key);
+  if (!e) return std::nullopt;
+  if (is_ensembl(key) && e->by_ensembl.data()) return std::string(e->by_ensembl);
+  if (e->by_symbol.data()) return std::string(e->by_symbol);
+  if (e->by_alias.data()) return std::string(e->by_alias);
   return std::nullopt;
 }
 

@@ -6,10 +6,10 @@
 // symbol, then alias. Where an ID or alias names several genes, the first gene in table
 // order wins; an exact symbol always beats an alias.
 #pragma once
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 namespace sctrain::data {
@@ -19,18 +19,31 @@ class GeneTable {
   // Throws std::runtime_error naming the file and line on a malformed table.
   // With `only`, indexes just these names (faster; other names are then unknown).
   static GeneTable load(const std::string& path, const std::vector<std::string>* only = nullptr);
-  // Moves only: keys are views into text_, whose heap buffer a move keeps.
+  // Moves only: keys and canonical names are views into the file's text, which a move keeps.
   GeneTable() = default;
   GeneTable(GeneTable&&) = default;
   GeneTable& operator=(GeneTable&&) = default;
-  size_t size() const { return canonical_.size(); }
+  size_t size() const { return n_genes_; }
   // Canonical name of a gene named `name`, nullopt when the table does not know it.
   std::optional<std::string> canonical(std::string_view name) const;
 
+  // Per name: the canonical name of the first gene (table order) having it as an Ensembl ID,
+  // as its symbol, as an alias (empty view: none). Public for the implementation's index.
+  struct Entry {
+    std::string_view by_ensembl, by_symbol, by_alias;
+  };
+
  private:
-  std::string text_;                                    // the whole file; keys point into it
-  std::vector<std::string_view> canonical_;             // per gene (table row)
-  std::unordered_map<std::string_view, int> by_ensembl_, by_symbol_, by_alias_;
+  std::shared_ptr<const char> text_;   // the whole file (mapped, else read); views point into it
+  std::shared_ptr<const std::string> names_;  // with `only`: those names, which keys view
+  size_t n_genes_ = 0;
+  std::vector<std::string_view> keys_;  // open addressing: a name (version stripped) per slot
+  std::vector<uint32_t> tags_;          // hash tag per slot, 0 = free
+  std::vector<Entry> entries_;
+  size_t used_ = 0;
+  const Entry* find(std::string_view key) const;
+  Entry* find_or_add(std::string_view key, uint64_t hash, bool add);
+  void grow();
 };
 
 // "ENSG00000121410.12" -> "ENSG00000121410"; other names unchanged.
