@@ -115,6 +115,7 @@ struct SplitForBf16Norm : public torch::autograd::Function<SplitForBf16Norm> {
 void set_bf16_layer_norm(bool on) { g_bf16_layer_norm.store(on); }
 bool bf16_layer_norm() { return g_bf16_layer_norm.load(); }
 void set_split_norm_input(bool on) { g_split_norm_input.store(on); }
+bool split_norm_input() { return g_split_norm_input.load(std::memory_order_relaxed); }
 
 bool bf16_norm_path(const torch::Tensor& x) {
   constexpr auto dev = c10::DeviceType::CUDA;
@@ -256,26 +257,28 @@ BlockImpl::BlockImpl(const ModelConfig& c) : pre_ln_(c.norm == "pre"), dropout_(
   }
 }
 
+static torch::Tensor residual_branch(torch::Tensor y, const torch::Tensor& gamma, double dropout, bool training) {
+  if (gamma.defined()) y = y * gamma;
+  if (dropout > 0) y = torch::dropout(y, dropout, training);
+  return y;
+}
+
+Residual BlockImpl::forward_residual(const Residual& in, const AttentionContext& ctx) {
+  TORCH_CHECK(pre_ln_, "Block::forward_residual: pre-LN blocks only");
+  // Each add goes into the norm after it (add_layer_norm; on the CUDA bf16 path one fused
+  // kernel, elsewhere the add, then the norm as before). The residual stream stays float32.
+  auto a = add_layer_norm(in.r, in.h, ln1);
+  auto h1 = residual_branch(attn(a.y, ctx), gamma1, dropout_, is_training());
+  auto b = add_layer_norm(a.x, h1, ln2);
+  return {b.x, residual_branch(ffn(b.y), gamma2, dropout_, is_training())};
+}
+
 torch::Tensor BlockImpl::forward(const torch::Tensor& x_in, const AttentionContext& ctx) {
-  auto branch = [&](torch::Tensor y, const torch::Tensor& gamma) {
-    if (gamma.defined()) y = y * gamma;
-    if (dropout_ > 0) y = torch::dropout(y, dropout_, is_training());
-    return y;
-  };
+  if (pre_ln_) return forward_residual({x_in, {}}, ctx).sum();
+  // post-LN: the norms' outputs are the residual stream; autocast's float32 norm
   torch::Tensor x = x_in;
-  if (pre_ln_ && x.scalar_type() == at::kFloat && bf16_norm_path(x) && g_split_norm_input.load()) {
-    // The residual stream x stays float32; the norms read its bf16 copy.
-    auto [r1, b1] = split_for_bf16_norm(x);
-    x = r1 + branch(attn(layer_norm_for_gemm(ln1, b1), ctx), gamma1);
-    auto [r2, b2] = split_for_bf16_norm(x);
-    x = r2 + branch(ffn(layer_norm_for_gemm(ln2, b2)), gamma2);
-  } else if (pre_ln_) {
-    x = x + branch(attn(layer_norm_for_gemm(ln1, x), ctx), gamma1);
-    x = x + branch(ffn(layer_norm_for_gemm(ln2, x)), gamma2);
-  } else {  // post-LN: the norms' outputs are the residual stream; autocast's float32 norm
-    x = ln1(x + branch(attn(x, ctx), gamma1));
-    x = ln2(x + branch(ffn(x), gamma2));
-  }
+  x = ln1(x + residual_branch(attn(x, ctx), gamma1, dropout_, is_training()));
+  x = ln2(x + residual_branch(ffn(x), gamma2, dropout_, is_training()));
   return x;
 }
 
@@ -338,9 +341,14 @@ torch::Tensor ModelImpl::forward(const Inputs& in) {
     auto pos = torch::arange(N, torch::TensorOptions().dtype(torch::kInt).device(h.device()));
     ctx.key_mask = (pos.unsqueeze(0) < ctx.lengths.unsqueeze(1)).view({B, 1, 1, N});
   }
-  for (const auto& m : *blocks) h = m->as<Block>()->forward(h, ctx);
-  if (final_norm) h = final_norm(h);
-  return h;
+  if (c_.norm != "pre") {
+    for (const auto& m : *blocks) h = m->as<Block>()->forward(h, ctx);
+    return h;
+  }
+  // Pre-LN: the last block's residual add goes into the final norm.
+  Residual s{h, {}};
+  for (const auto& m : *blocks) s = m->as<Block>()->forward_residual(s, ctx);
+  return add_layer_norm(s.r, s.h, final_norm, /*for_gemm=*/false).y;
 }
 
 MlmOutput ModelImpl::mlm(const torch::Tensor& hidden, const torch::Tensor& labels) {

@@ -61,6 +61,32 @@ bool bf16_norm_path(const torch::Tensor& x);
 // (off with set_split_norm_input(false), for A/B measurements).
 std::pair<torch::Tensor, torch::Tensor> split_for_bf16_norm(const torch::Tensor& x);
 void set_split_norm_input(bool on);
+bool split_norm_input();
+
+// The norm in front of a pre-LN branch, with the residual add before it: x = r + h (h
+// undefined: x = r), y = ln(x). for_gemm: y as layer_norm_for_gemm gives it (bf16 on the CUDA
+// bf16 path, the float32 residual split as in the blocks); else (the final norm) y = ln(x), the
+// model's float32 output. Under CUDA bf16 autocast (d % 8 == 0, d <= 1024) one fused kernel
+// (kernels/add_layer_norm.cu, built with the CUDA kernels) reads r and h once and writes x
+// (float32) and y; its backward writes dx = dx_next + LayerNorm backward(dy) once, the gradient
+// of both r and h, and the weight and bias gradients (float32 weights, float32 statistics).
+// Elsewhere, or with set_fused_add_layer_norm(false), the separate ops as before.
+struct AddNorm {
+  torch::Tensor x, y;
+};
+AddNorm add_layer_norm(const torch::Tensor& r, const torch::Tensor& h, torch::nn::LayerNorm& ln,
+                       bool for_gemm = true);
+// The fused kernel: on by default (when built); off for A/B measurements and tests. Process-wide.
+void set_fused_add_layer_norm(bool on);
+// Whether add_layer_norm takes the fused kernel for these inputs.
+bool fused_add_norm_path(const torch::Tensor& r, const torch::Tensor& h, const torch::nn::LayerNorm& ln);
+
+// A pre-LN residual stream whose last branch output is not added yet: x = r + h (h undefined:
+// x = r), so that the add can go into the next norm's kernel.
+struct Residual {
+  torch::Tensor r, h;
+  torch::Tensor sum() const { return h.defined() ? r + h : r; }
+};
 
 // What the attention layers share in one forward pass.
 struct AttentionContext {
@@ -93,6 +119,9 @@ class BlockImpl : public torch::nn::Module {
  public:
   explicit BlockImpl(const ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);
+  // Pre-LN: the block on a pending residual (x = in.r + in.h), returning its own pending one,
+  // so that each add goes into the following norm (add_layer_norm).
+  Residual forward_residual(const Residual& in, const AttentionContext& ctx);
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
   Attention attn{nullptr};
   FeedForward ffn{nullptr};

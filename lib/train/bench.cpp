@@ -155,7 +155,8 @@ int bench_train(Config cfg, const BenchOptions& o) {
 
   // A/B switches (same binary): SCTRAIN_BENCH_SYNC=1 waits for the GPU after every step;
   // SCTRAIN_BF16_LN=0 runs the LayerNorms that feed GEMMs in float32 (autocast's policy),
-  // SCTRAIN_BF16_LN=nosplit in bf16 but without model::split_for_bf16_norm.
+  // SCTRAIN_BF16_LN=nosplit in bf16 but without model::split_for_bf16_norm;
+  // SCTRAIN_FUSED_ADD_LN=0 runs the pre-LN residual adds and norms as separate ops.
   auto env_is = [](const char* name, const char* value) {
     const char* e = std::getenv(name);
     return e != nullptr && std::string(e) == value;
@@ -168,6 +169,11 @@ int bench_train(Config cfg, const BenchOptions& o) {
   } else if (env_is("SCTRAIN_BF16_LN", "nosplit")) {
     model::set_split_norm_input(false);
     layer_norm = "bf16";
+  }
+  if (env_is("SCTRAIN_FUSED_ADD_LN", "0")) {
+    model::set_fused_add_layer_norm(false);
+  } else if (layer_norm != "float32") {
+    layer_norm += "+fused add";
   }
   std::string status = "ok";
   double tps = 0, tflops = 0, mem = -1, step_ms = 0, loss = 0;

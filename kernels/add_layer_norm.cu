@@ -1,0 +1,331 @@
+// Fused residual add + LayerNorm (see add_layer_norm.h). One warp per row; each lane holds
+// V chunks of 8 consecutive features (columns (lane + 32 j) * 8 .. + 7) in registers, so a row
+// is read once and the statistics are exact two-pass sums over registers.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "kernels/add_layer_norm.h"
+
+namespace sctrain::kernels::cuda {
+namespace {
+
+constexpr int kWarps = 4;  // rows per CTA (forward), warps per CTA (backward)
+constexpr int kThreads = kWarps * 32;
+constexpr int kMaxV = 4;   // d <= 32 lanes x 8 x 4 = 1024
+struct NoH {};
+
+__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
+  const float4 a = *reinterpret_cast<const float4*>(p);
+  const float4 b = *reinterpret_cast<const float4*>(p + 4);
+  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+  v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float (&v)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(b[i]);
+    v[2 * i] = f.x;
+    v[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  *reinterpret_cast<float4*>(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void store8(__nv_bfloat16* p, const float (&v)[8]) {
+  uint4 u;
+  __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) b[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+  *reinterpret_cast<uint4*>(p) = u;
+}
+
+__device__ __forceinline__ float warp_sum(float s) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
+}
+
+template <int V, typename HT, typename YT>
+__global__ void __launch_bounds__(kThreads) add_ln_forward(const float* __restrict__ r, const HT* __restrict__ h,
+                                                           const float* __restrict__ gamma,
+                                                           const float* __restrict__ beta, float* __restrict__ x_out,
+                                                           YT* __restrict__ y, float* __restrict__ mean_out,
+                                                           float* __restrict__ rstd_out, int64_t rows, int d,
+                                                           float eps) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  if (row >= rows) return;
+  const int64_t off = row * d;
+  float v[V][8];
+  float s = 0.f;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const int c = (lane + 32 * j) * 8;
+    if (c < d) {
+      load8(r + off + c, v[j]);
+      if constexpr (!std::is_same_v<HT, NoH>) {
+        float t[8];
+        load8(h + off + c, t);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[j][k] += t[k];
+      }
+#pragma unroll
+      for (int k = 0; k < 8; ++k) s += v[j][k];
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[j][k] = 0.f;
+    }
+  }
+  const float inv_d = 1.f / static_cast<float>(d);
+  const float mu = warp_sum(s) * inv_d;
+  float q = 0.f;
+#pragma unroll
+  for (int j = 0; j < V; ++j)
+    if ((lane + 32 * j) * 8 < d) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const float t = v[j][k] - mu;
+        q += t * t;
+      }
+    }
+  const float rs = rsqrtf(warp_sum(q) * inv_d + eps);
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const int c = (lane + 32 * j) * 8;
+    if (c < d) {
+      if constexpr (!std::is_same_v<HT, NoH>) store8(x_out + off + c, v[j]);
+      float g[8], b[8], o[8];
+      load8(gamma + c, g);
+      load8(beta + c, b);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) o[k] = (v[j][k] - mu) * rs * g[k] + b[k];
+      store8(y + off + c, o);
+    }
+  }
+  if (lane == 0) {
+    mean_out[row] = mu;
+    rstd_out[row] = rs;
+  }
+}
+
+// Rows in a grid-stride loop, so that each CTA accumulates its rows' dgamma/dbeta terms in
+// registers and writes one partial row of each.
+template <int V, typename YT>
+__global__ void __launch_bounds__(kThreads) add_ln_backward(const YT* __restrict__ dy, const float* __restrict__ x,
+                                                            const float* __restrict__ mean,
+                                                            const float* __restrict__ rstd,
+                                                            const float* __restrict__ gamma,
+                                                            const float* __restrict__ dx_next, float* __restrict__ dx,
+                                                            __nv_bfloat16* __restrict__ dx_bf16,
+                                                            float* __restrict__ partial, int64_t rows, int d) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const float inv_d = 1.f / static_cast<float>(d);
+  float ag[V][8], ab[V][8];
+#pragma unroll
+  for (int j = 0; j < V; ++j)
+#pragma unroll
+    for (int k = 0; k < 8; ++k) ag[j][k] = ab[j][k] = 0.f;
+
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp; row < rows;
+       row += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const int64_t off = row * d;
+    const float mu = mean[row], rs = rstd[row];
+    float xh[V][8], g[V][8];
+    float s1 = 0.f, s2 = 0.f;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const int c = (lane + 32 * j) * 8;
+      if (c < d) {
+        float gm[8];
+        load8(x + off + c, xh[j]);
+        load8(dy + off + c, g[j]);
+        load8(gamma + c, gm);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          xh[j][k] = (xh[j][k] - mu) * rs;
+          ag[j][k] += g[j][k] * xh[j][k];
+          ab[j][k] += g[j][k];
+          g[j][k] *= gm[k];
+          s1 += g[j][k];
+          s2 += g[j][k] * xh[j][k];
+        }
+      }
+    }
+    s1 = warp_sum(s1) * inv_d;
+    s2 = warp_sum(s2) * inv_d;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const int c = (lane + 32 * j) * 8;
+      if (c < d) {
+        float o[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) o[k] = rs * (g[j][k] - s1 - xh[j][k] * s2);
+        if (dx_next != nullptr) {
+          float t[8];
+          load8(dx_next + off + c, t);
+#pragma unroll
+          for (int k = 0; k < 8; ++k) o[k] += t[k];
+        }
+        store8(dx + off + c, o);
+        if (dx_bf16 != nullptr) store8(dx_bf16 + off + c, o);
+      }
+    }
+  }
+
+  // The CTA's partial column sums: chunk j of 256 columns at a time through shared memory.
+  __shared__ float sm[kWarps][256];
+#pragma unroll
+  for (int a = 0; a < 2; ++a) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sm[warp][lane * 8 + k] = a == 0 ? ag[j][k] : ab[j][k];
+      __syncthreads();
+      for (int t = threadIdx.x; t < 256; t += kThreads) {
+        const int c = j * 256 + t;
+        if (c < d) {
+          float s = 0.f;
+#pragma unroll
+          for (int w = 0; w < kWarps; ++w) s += sm[w][t];
+          partial[(static_cast<int64_t>(a) * gridDim.x + blockIdx.x) * d + c] = s;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// Second stage: out[a][c] = sum over p of partial[a][p][c]. blockDim (32, 8), grid (ceil(d / 32), 2).
+__global__ void column_sums(const float* __restrict__ partial, int P, int d, float* __restrict__ dgamma,
+                            float* __restrict__ dbeta) {
+  const int c = blockIdx.x * 32 + threadIdx.x, a = blockIdx.y;
+  float* out = a == 0 ? dgamma : dbeta;
+  if (out == nullptr) return;  // uniform over the CTA
+  const float* p = partial + static_cast<int64_t>(a) * P * d;
+  float s = 0.f;
+  if (c < d)
+    for (int i = threadIdx.y; i < P; i += 8) s += p[static_cast<int64_t>(i) * d + c];
+  __shared__ float sm[8][33];
+  sm[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < d) {
+    float t = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) t += sm[i][threadIdx.x];
+    out[c] = t;
+  }
+}
+
+void check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw std::runtime_error(std::string("add_layer_norm ") + what + ": " + cudaGetErrorString(err));
+}
+
+int vectors_per_lane(int d) {
+  if (d <= 0 || d % 8 != 0 || d > add_layer_norm_max_dim())
+    throw std::invalid_argument("add_layer_norm: d must be a positive multiple of 8 up to " +
+                                std::to_string(add_layer_norm_max_dim()) + ", got " + std::to_string(d));
+  return (d / 8 + 31) / 32;
+}
+
+template <typename F>
+void with_v(int V, F&& f) {
+  switch (V) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 4>{}); break;
+  }
+}
+
+template <typename F>
+void with_type(NormType t, F&& f) {
+  if (t == NormType::BF16)
+    f(__nv_bfloat16{});
+  else
+    f(float{});
+}
+
+template <int V, typename YT>
+int backward_blocks_per_sm() {
+  static int cached = 0;  // per instantiation; the same on every device of one kind
+  if (cached == 0) {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, add_ln_backward<V, YT>, kThreads, 0) != cudaSuccess || n < 1)
+      n = 1;
+    cached = n;
+  }
+  return cached;
+}
+
+}  // namespace
+
+int add_layer_norm_max_dim() { return 32 * 8 * kMaxV; }
+
+int add_layer_norm_backward_grid(int64_t rows, int d, NormType dy_type) {
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  int per_sm = 1;
+  with_v(vectors_per_lane(d), [&](auto v) {
+    with_type(dy_type, [&](auto y) { per_sm = backward_blocks_per_sm<decltype(v)::value, decltype(y)>(); });
+  });
+  const int64_t need = (rows + kWarps - 1) / kWarps;
+  const int64_t grid = std::min<int64_t>(need, static_cast<int64_t>(std::max(sms, 1)) * per_sm);
+  return static_cast<int>(std::max<int64_t>(grid, 1));
+}
+
+void add_layer_norm_forward(const AddLayerNormForward& p, void* stream) {
+  if (p.rows == 0) return;
+  const int V = vectors_per_lane(p.d);
+  const auto s = static_cast<cudaStream_t>(stream);
+  const unsigned grid = static_cast<unsigned>((p.rows + kWarps - 1) / kWarps);
+  with_v(V, [&](auto v) {
+    constexpr int kV = decltype(v)::value;
+    with_type(p.y_type, [&](auto y) {
+      using YT = decltype(y);
+      auto* yp = static_cast<YT*>(p.y);
+      if (p.h_type == NormType::None)
+        add_ln_forward<kV, NoH, YT><<<grid, kThreads, 0, s>>>(p.r, nullptr, p.gamma, p.beta, nullptr, yp, p.mean,
+                                                              p.rstd, p.rows, p.d, p.eps);
+      else
+        with_type(p.h_type, [&](auto h) {
+          using HT = decltype(h);
+          add_ln_forward<kV, HT, YT><<<grid, kThreads, 0, s>>>(p.r, static_cast<const HT*>(p.h), p.gamma, p.beta,
+                                                               p.x, yp, p.mean, p.rstd, p.rows, p.d, p.eps);
+        });
+    });
+  });
+  check_launch("forward");
+}
+
+void add_layer_norm_backward(const AddLayerNormBackward& p, void* stream) {
+  if (p.rows == 0) return;
+  const int V = vectors_per_lane(p.d);
+  const auto s = static_cast<cudaStream_t>(stream);
+  const int grid = add_layer_norm_backward_grid(p.rows, p.d, p.dy_type);
+  with_v(V, [&](auto v) {
+    constexpr int kV = decltype(v)::value;
+    with_type(p.dy_type, [&](auto y) {
+      using YT = decltype(y);
+      add_ln_backward<kV, YT><<<grid, kThreads, 0, s>>>(static_cast<const YT*>(p.dy), p.x, p.mean, p.rstd, p.gamma,
+                                                        p.dx_next, p.dx, static_cast<__nv_bfloat16*>(p.dx_bf16),
+                                                        p.partial, p.rows, p.d);
+    });
+  });
+  check_launch("backward");
+  if (p.dgamma != nullptr || p.dbeta != nullptr) {
+    column_sums<<<dim3((p.d + 31) / 32, 2), dim3(32, 8), 0, s>>>(p.partial, grid, p.d, p.dgamma, p.dbeta);
+    check_launch("column sums");
+  }
+}
+
+}  // namespace sctrain::kernels::cuda
