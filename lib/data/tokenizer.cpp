@@ -170,6 +170,7 @@ void order_genes(const uint64_t* key, const int32_t* token, int64_t n, std::vect
   int64_t moves = 0;
   for (int64_t k = 1; k < n && moves <= 16 * n; ++k) {
     const uint64_t x = a[k];
+    if ((x >> 32) != (a[k - 1] >> 32)) continue;  // a larger prefix than all before it: in place
     int64_t m = k;
     for (; m > 0 && before(x, a[m - 1]); --m) a[m] = a[m - 1];
     a[m] = x;
