@@ -36,18 +36,40 @@ TokenMode parse_mode(const std::string& s) {
 
 int64_t gather_cell_in_place(int32_t* indices, float* values, int64_t n, std::span<const int32_t> column_token,
                              bool may_have_duplicates, double& total, int64_t* negatives) {
+  // total is the sum of the positive values in column order, in double (as scipy sums a row).
+  // Whole-number values (counts) are summed as integers instead: the same number (every
+  // partial sum is then an integer below 2^53, exact in double), without a chain of dependent
+  // double additions. A row with any other value is summed in order.
+  bool finite = true, all_whole = true;
+  int64_t whole = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = values[i];
+    finite &= std::isfinite(v);
+    const float p = v > 0 ? v : 0.0f;  // NaN: 0 (and an error below)
+    const bool small = p < 0x1p31f;
+    const int32_t w = static_cast<int32_t>(small ? p : 0.0f);
+    all_whole &= small & (static_cast<float>(w) == p);
+    whole += w;
+  }
+  if (!finite)
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(values[i]))
+        throw std::invalid_argument(str("value ", values[i], " at column ", indices[i], " (NaN or infinite)"));
+  if (all_whole && whole < (int64_t{1} << 53)) {
+    total = static_cast<double>(whole);
+  } else {
+    total = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (values[i] > 0) total += values[i];
+  }
   // Reads position i, writes position kept <= i: nothing is overwritten before it is read.
-  total = 0;
   int64_t neg = 0, kept = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float v = values[i];
-    if (!std::isfinite(v))
-      throw std::invalid_argument(str("value ", v, " at column ", indices[i], " (NaN or infinite)"));
     if (v <= 0) {
       neg += v < 0;
       continue;
     }
-    total += v;
     const int32_t t = column_token[indices[i]];
     if (t < 0) continue;
     indices[kept] = t;
