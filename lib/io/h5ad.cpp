@@ -151,9 +151,13 @@ void check_and_sort_rows(const MatrixInfo& info, const Matrix::Impl& m, CellRows
   const int32_t n_cols = static_cast<int32_t>(info.n_cols);
   for (int64_t r = 0; r < out.n_rows(); ++r) {
     int64_t b = out.indptr[r], e = out.indptr[r + 1];
-    bool sorted = true, in_range = true;
-    for (int64_t i = b; i < e; ++i) in_range &= (out.indices[i] >= 0) & (out.indices[i] < n_cols);
-    for (int64_t i = b + 1; i < e; ++i) sorted &= out.indices[i] >= out.indices[i - 1];
+    // One branch-free pass: in range (unsigned compare) and ascending.
+    const int32_t* ix = out.indices.data();
+    bool sorted = true, in_range = b == e || static_cast<uint32_t>(ix[b]) < static_cast<uint32_t>(n_cols);
+    for (int64_t i = b + 1; i < e; ++i) {
+      in_range &= static_cast<uint32_t>(ix[i]) < static_cast<uint32_t>(n_cols);
+      sorted &= ix[i] >= ix[i - 1];
+    }
     if (!in_range)
       for (int64_t i = b; i < e; ++i)
         if (out.indices[i] < 0 || out.indices[i] >= n_cols)
