@@ -350,7 +350,6 @@ void Loader::Impl::tokenize_all(const PreparedCorpus& corpus) {
       if (tok.mode == TokenMode::Binned) st->bins.resize(st->offsets.back());
     }
     run_parallel(T, [&](int p) {
-      TokenizedCell tk;
       int64_t next[3] = {0, first_train[p], first_val[p]};  // by role
       auto last = std::chrono::steady_clock::now();
       for (int64_t id = n * p / T; id < n * (p + 1) / T; ++id) {
@@ -361,11 +360,10 @@ void Loader::Impl::tokenize_all(const PreparedCorpus& corpus) {
           log::info(str("loader: tokenized ~", done, "/", n, " cells, ", static_cast<int64_t>(done / secs), " cells/s"));
         }
         if (!role[id] || g.length[id] == 0) continue;
-        tokenize_cell(g.tokens(id), g.values(id), g.totals[id], corpus.gene_medians, tok, tk);
         CellStore& st = role[id] == 1 ? train : val;
         const int64_t i = next[role[id]]++, at = st.offsets[i];
-        std::copy(tk.genes.begin(), tk.genes.end(), st.genes.begin() + at);
-        std::copy(tk.bins.begin(), tk.bins.end(), st.bins.begin() + at);
+        tokenize_cell_into(g.tokens(id), g.values(id), g.totals[id], corpus.gene_medians, tok, st.genes.data() + at,
+                           st.bins.empty() ? nullptr : st.bins.data() + at);
       }
     });
   }

@@ -203,23 +203,29 @@ void order_genes(const uint64_t* key, const int32_t* token, int64_t n, std::vect
 
 }  // namespace
 
-void tokenize_cell(std::span<const int32_t> tokens, std::span<const float> values, double total,
-                   std::span<const double> medians, const TokenizeConfig& cfg, TokenizedCell& out) {
+int64_t tokenize_cell_into(std::span<const int32_t> tokens, std::span<const float> values, double total,
+                           std::span<const double> medians, const TokenizeConfig& cfg, int32_t* genes, uint8_t* bins) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t keep = std::min<int64_t>(n, std::max<int32_t>(cfg.max_len - 1, 0));
   thread_local std::vector<uint64_t> key, order, tmp;
   key.resize(n);
   score_keys(values.data(), tokens.data(), medians.data(), cfg.target_sum, total, n, key.data());
   order_genes(key.data(), tokens.data(), n, order, tmp);
-  out.genes.resize(keep);
-  for (int64_t i = 0; i < keep; ++i) out.genes[i] = tokens[static_cast<uint32_t>(order[i])];
-  out.bins.clear();
-  if (cfg.mode == TokenMode::Binned) {
+  for (int64_t i = 0; i < keep; ++i) genes[i] = tokens[static_cast<uint32_t>(order[i])];
+  if (cfg.mode == TokenMode::Binned && bins) {
     thread_local std::vector<uint8_t> all_bins;
     expression_bins(values, cfg.n_bins, all_bins);
-    out.bins.resize(keep);
-    for (int64_t i = 0; i < keep; ++i) out.bins[i] = all_bins[static_cast<uint32_t>(order[i])];
+    for (int64_t i = 0; i < keep; ++i) bins[i] = all_bins[static_cast<uint32_t>(order[i])];
   }
+  return keep;
+}
+
+void tokenize_cell(std::span<const int32_t> tokens, std::span<const float> values, double total,
+                   std::span<const double> medians, const TokenizeConfig& cfg, TokenizedCell& out) {
+  const int64_t keep = std::min<int64_t>(static_cast<int64_t>(tokens.size()), std::max<int32_t>(cfg.max_len - 1, 0));
+  out.genes.resize(keep);
+  out.bins.resize(cfg.mode == TokenMode::Binned ? keep : 0);
+  tokenize_cell_into(tokens, values, total, medians, cfg, out.genes.data(), out.bins.data());
 }
 
 }  // namespace sctrain::data

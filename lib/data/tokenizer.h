@@ -55,6 +55,9 @@ struct TokenizedCell {
 // expressed token (a zero median is treated as 1).
 void tokenize_cell(std::span<const int32_t> tokens, std::span<const float> values, double total,
                    std::span<const double> medians, const TokenizeConfig& cfg, TokenizedCell& out);
+// The same written to genes[0..k) (and bins[0..k) in binned mode); returns k (max_len-1 at most).
+int64_t tokenize_cell_into(std::span<const int32_t> tokens, std::span<const float> values, double total,
+                           std::span<const double> medians, const TokenizeConfig& cfg, int32_t* genes, uint8_t* bins);
 inline void tokenize_cell(const CellGenes& cell, std::span<const double> medians, const TokenizeConfig& cfg,
                           TokenizedCell& out) {
   tokenize_cell(cell.tokens, cell.values, cell.total, medians, cfg, out);
