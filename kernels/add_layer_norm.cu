@@ -116,8 +116,16 @@ __global__ void __launch_bounds__(kThreads) add_ln_forward(const float* __restri
   }
 }
 
-// Rows in a grid-stride loop, so that each CTA accumulates its rows' dgamma/dbeta terms in
-// registers and writes one partial row of each.
+// Rows in a grid-stride loop; each warp accumulates its rows' dgamma/dbeta terms in shared
+// memory (registers would hold 2 x 8 V more floats per lane and halve the resident warps),
+// and the CTA writes one partial row of each. Shared layout per warp and chunk j of 256
+// columns: lane's columns 8 lane + 0..3 at 4 lane, 8 lane + 4..7 at 128 + 4 lane (float4s of
+// consecutive lanes are consecutive: no bank conflicts).
+__device__ __forceinline__ int acc_index(int c) {
+  const int j = c >> 8, rem = c & 255, lane = rem >> 3, k = rem & 7;
+  return j * 256 + (k >> 2) * 128 + lane * 4 + (k & 3);
+}
+
 template <int V, typename YT>
 __global__ void __launch_bounds__(kThreads) add_ln_backward(const YT* __restrict__ dy, const float* __restrict__ x,
                                                             const float* __restrict__ mean,
@@ -126,13 +134,18 @@ __global__ void __launch_bounds__(kThreads) add_ln_backward(const YT* __restrict
                                                             const float* __restrict__ dx_next, float* __restrict__ dx,
                                                             __nv_bfloat16* __restrict__ dx_bf16,
                                                             float* __restrict__ partial, int64_t rows, int d) {
+  __shared__ __align__(16) float acc[kWarps][2][V * 256];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const float inv_d = 1.f / static_cast<float>(d);
-  float ag[V][8], ab[V][8];
+  float* ag = acc[warp][0];
+  float* ab = acc[warp][1];
 #pragma unroll
-  for (int j = 0; j < V; ++j)
-#pragma unroll
-    for (int k = 0; k < 8; ++k) ag[j][k] = ab[j][k] = 0.f;
+  for (int j = 0; j < V; ++j) {
+    reinterpret_cast<float4*>(ag + j * 256)[lane] = make_float4(0.f, 0.f, 0.f, 0.f);
+    reinterpret_cast<float4*>(ag + j * 256 + 128)[lane] = make_float4(0.f, 0.f, 0.f, 0.f);
+    reinterpret_cast<float4*>(ab + j * 256)[lane] = make_float4(0.f, 0.f, 0.f, 0.f);
+    reinterpret_cast<float4*>(ab + j * 256 + 128)[lane] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
 
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp; row < rows;
        row += static_cast<int64_t>(gridDim.x) * kWarps) {
@@ -144,15 +157,28 @@ __global__ void __launch_bounds__(kThreads) add_ln_backward(const YT* __restrict
     for (int j = 0; j < V; ++j) {
       const int c = (lane + 32 * j) * 8;
       if (c < d) {
-        float gm[8];
         load8(x + off + c, xh[j]);
         load8(dy + off + c, g[j]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const int c = (lane + 32 * j) * 8;
+      if (c < d) {
+        float gm[8];
         load8(gamma + c, gm);
+        float4* pg = reinterpret_cast<float4*>(ag + j * 256);
+        float4* pb = reinterpret_cast<float4*>(ab + j * 256);
+        float4 g0 = pg[lane], g1 = pg[32 + lane], b0 = pb[lane], b1 = pb[32 + lane];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) xh[j][k] = (xh[j][k] - mu) * rs;
+        g0.x += g[j][0] * xh[j][0]; g0.y += g[j][1] * xh[j][1]; g0.z += g[j][2] * xh[j][2]; g0.w += g[j][3] * xh[j][3];
+        g1.x += g[j][4] * xh[j][4]; g1.y += g[j][5] * xh[j][5]; g1.z += g[j][6] * xh[j][6]; g1.w += g[j][7] * xh[j][7];
+        b0.x += g[j][0]; b0.y += g[j][1]; b0.z += g[j][2]; b0.w += g[j][3];
+        b1.x += g[j][4]; b1.y += g[j][5]; b1.z += g[j][6]; b1.w += g[j][7];
+        pg[lane] = g0; pg[32 + lane] = g1; pb[lane] = b0; pb[32 + lane] = b1;
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
-          xh[j][k] = (xh[j][k] - mu) * rs;
-          ag[j][k] += g[j][k] * xh[j][k];
-          ab[j][k] += g[j][k];
           g[j][k] *= gm[k];
           s1 += g[j][k];
           s2 += g[j][k] * xh[j][k];
@@ -180,25 +206,16 @@ __global__ void __launch_bounds__(kThreads) add_ln_backward(const YT* __restrict
     }
   }
 
-  // The CTA's partial column sums: chunk j of 256 columns at a time through shared memory.
-  __shared__ float sm[kWarps][256];
+  // The CTA's partial column sums over its warps.
+  __syncthreads();
+  for (int c = threadIdx.x; c < d; c += kThreads) {
+    const int i = acc_index(c);
 #pragma unroll
-  for (int a = 0; a < 2; ++a) {
+    for (int a = 0; a < 2; ++a) {
+      float s = 0.f;
 #pragma unroll
-    for (int j = 0; j < V; ++j) {
-#pragma unroll
-      for (int k = 0; k < 8; ++k) sm[warp][lane * 8 + k] = a == 0 ? ag[j][k] : ab[j][k];
-      __syncthreads();
-      for (int t = threadIdx.x; t < 256; t += kThreads) {
-        const int c = j * 256 + t;
-        if (c < d) {
-          float s = 0.f;
-#pragma unroll
-          for (int w = 0; w < kWarps; ++w) s += sm[w][t];
-          partial[(static_cast<int64_t>(a) * gridDim.x + blockIdx.x) * d + c] = s;
-        }
-      }
-      __syncthreads();
+      for (int w = 0; w < kWarps; ++w) s += acc[w][a][i];
+      partial[(static_cast<int64_t>(a) * gridDim.x + blockIdx.x) * d + c] = s;
     }
   }
 }

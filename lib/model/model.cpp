@@ -157,31 +157,54 @@ AttentionImpl::AttentionImpl(const ModelConfig& c) : c_(c), sigmoid_(c.attention
 
 namespace {
 
+// x in the compute dtype; w and b in their own (float32 master weights under autocast), cast
+// here to x's dtype. The weight and bias gradients come out of their GEMMs in w's and b's dtype
+// (bf16 products, float32 accumulation and output: at::mm's out_dtype), so no cast kernel turns
+// bf16 gradients into float32 ones afterwards.
 struct LinearGemmGrads : public torch::autograd::Function<LinearGemmGrads> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
                                const torch::Tensor& w, const torch::Tensor& b) {
-    ctx->save_for_backward({x, w});
-    return at::addmm(b, x, w.t());  // bias in the cuBLASLt epilogue on CUDA
+    const auto t = x.scalar_type();
+    const auto wt = w.scalar_type() == t ? w : w.to(t);
+    ctx->save_for_backward({x, wt});
+    ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
+    ctx->saved_data["b_dtype"] = static_cast<int64_t>(b.scalar_type());
+    return at::addmm(b.scalar_type() == t ? b : b.to(t), x, wt.t());  // bias in the cuBLASLt epilogue on CUDA
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
     const auto &x = saved[0], &w = saved[1];
     auto dy = grads[0].contiguous();
+    const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
+    const auto b_dtype = static_cast<at::ScalarType>(ctx->saved_data["b_dtype"].toInt());
+    auto mm_to = [](const torch::Tensor& a, const torch::Tensor& m, at::ScalarType out) {
+      return out == a.scalar_type() ? a.mm(m) : at::mm(a, m, out);
+    };
     torch::Tensor dx, dw, db;
     if (ctx->needs_input_grad(0)) dx = dy.mm(w);
-    if (ctx->needs_input_grad(1)) dw = dy.t().mm(x);
-    if (ctx->needs_input_grad(2)) db = torch::ones({1, dy.size(0)}, dy.options()).mm(dy).view({-1});
+    if (ctx->needs_input_grad(1)) dw = mm_to(dy.t(), x, w_dtype);
+    if (ctx->needs_input_grad(2)) db = mm_to(torch::ones({1, dy.size(0)}, dy.options()), dy, b_dtype).view({-1});
     return {dx, dw, db};
   }
 };
 
+std::atomic<bool> g_direct_weight_grads{true};
+
 }  // namespace
+
+void set_direct_weight_grads(bool on) { g_direct_weight_grads.store(on); }
 
 torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   const auto dev = x.device().type();
   if (at::autocast::is_autocast_enabled(dev)) {
     const auto t = at::autocast::get_autocast_dtype(dev);
+    // On CUDA the float32 weights go in as they are (cast inside, gradients straight from the
+    // GEMMs); elsewhere (at::mm's out_dtype is CUDA-only), or with set_direct_weight_grads(false),
+    // through the autocast weight cache, whose cast's backward casts the gradients.
+    if (dev == c10::DeviceType::CUDA && g_direct_weight_grads.load(std::memory_order_relaxed) &&
+        w.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && t != at::kFloat)
+      return LinearGemmGrads::apply(at::autocast::cached_cast(t, x, dev), w, b);
     return LinearGemmGrads::apply(at::autocast::cached_cast(t, x, dev), at::autocast::cached_cast(t, w, dev),
                                   at::autocast::cached_cast(t, b, dev));
   }
@@ -362,8 +385,9 @@ MlmOutput ModelImpl::mlm(const torch::Tensor& hidden, const torch::Tensor& posit
   MlmOutput out;
   out.n_masked = positions.size(0);
   auto h = hidden.reshape({-1, c_.d_model}).index_select(0, positions);  // [M, d]
-  h = layer_norm_for_gemm(head_norm, torch::gelu(head_dense(h)));
-  out.logits = torch::nn::functional::linear(h, gene_emb->weight, head_bias);  // [M, V]
+  h = layer_norm_for_gemm(head_norm, torch::gelu(linear_2d(head_dense, h)));
+  out.logits = h.is_cuda() ? linear_gemm_grads(h, gene_emb->weight, head_bias)  // [M, V]
+                           : torch::nn::functional::linear(h, gene_emb->weight, head_bias);
   out.targets = targets;
   if (out.n_masked == 0)
     out.loss = out.logits.sum().to(torch::kFloat) * 0.0;  // keeps the graph; no NaN

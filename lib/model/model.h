@@ -38,7 +38,11 @@ Inputs to_inputs(const data::Batch& b, const torch::Device& device);
 // (ones[1, M] dy) rather than a column reduction, and the weight gradient as dy^T x
 // (contiguous, no transposed copy). Under autocast on x's device, casts x, W, b first
 // (W and b through the autocast weight cache). Used for CUDA inputs.
+// On CUDA under autocast the float32 weight and bias are cast inside, and their gradients
+// come out of the GEMMs in float32 (at::mm's out_dtype) rather than as bf16 gradients that a
+// cast kernel turns into float32 ones: off with set_direct_weight_grads(false) (A/B, tests).
 torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
+void set_direct_weight_grads(bool on);
 
 // LayerNorm whose output feeds a GEMM. Under CUDA bf16 autocast it runs in bf16: the input
 // is cast to bf16 and the norm's weight and bias go through the autocast weight cache (as

@@ -156,7 +156,8 @@ int bench_train(Config cfg, const BenchOptions& o) {
   // A/B switches (same binary): SCTRAIN_BENCH_SYNC=1 waits for the GPU after every step;
   // SCTRAIN_BF16_LN=0 runs the LayerNorms that feed GEMMs in float32 (autocast's policy),
   // SCTRAIN_BF16_LN=nosplit in bf16 but without model::split_for_bf16_norm;
-  // SCTRAIN_FUSED_ADD_LN=0 runs the pre-LN residual adds and norms as separate ops.
+  // SCTRAIN_FUSED_ADD_LN=0 runs the pre-LN residual adds and norms as separate ops;
+  // SCTRAIN_DIRECT_WGRAD=0 casts the linear layers' bf16 weight gradients to float32 (autocast's way).
   auto env_is = [](const char* name, const char* value) {
     const char* e = std::getenv(name);
     return e != nullptr && std::string(e) == value;
@@ -175,6 +176,8 @@ int bench_train(Config cfg, const BenchOptions& o) {
   } else if (layer_norm != "float32") {
     layer_norm += "+fused add";
   }
+  const bool direct_wgrad = !env_is("SCTRAIN_DIRECT_WGRAD", "0");
+  model::set_direct_weight_grads(direct_wgrad);
   std::string status = "ok";
   double tps = 0, tflops = 0, mem = -1, step_ms = 0, loss = 0;
   int64_t params = 0;
@@ -233,6 +236,7 @@ int bench_train(Config cfg, const BenchOptions& o) {
       .field("clip", cfg.train.max_grad_norm > 0)
       .field("host_sync", sync)
       .field("layer_norm", layer_norm)
+      .field("weight_grads", direct_wgrad ? "float32 from the GEMM" : "bf16, cast")
       .field("device", device)
       .field("steps", o.steps)
       .field("step_ms", step_ms)

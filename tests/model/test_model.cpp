@@ -484,6 +484,42 @@ TEST(Model, Bf16LayerNormLossMatchesAutocastGpu) {
   for (size_t i = 1; i < fast.size(); ++i) EXPECT_LT(rel_err(fast[i], unfused[i]), 5e-2) << names[i - 1].key();
 }
 
+// linear_gemm_grads under CUDA bf16 autocast: with the float32 weights cast inside (the
+// default), the output and the input gradient equal those through autocast's weight cache
+// bitwise, and the weight and bias gradients come out float32, within bf16 rounding of the
+// cast ones (and closer to float64).
+TEST(Modules, LinearGemmGradsFloat32WeightGradsGpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  torch::manual_seed(0);
+  const auto opt = torch::TensorOptions().device(torch::kCUDA);
+  auto x = torch::randn({300, 96}, opt).to(torch::kBFloat16).requires_grad_();
+  auto w = (torch::randn({40, 96}, opt) * 0.1).requires_grad_();
+  auto b = torch::randn({40}, opt).requires_grad_();
+  auto g = torch::randn({300, 40}, opt).to(torch::kBFloat16);
+  auto run = [&](bool direct) {
+    model::set_direct_weight_grads(direct);
+    torch::Tensor y;
+    {
+      CudaAutocast ac;
+      y = model::linear_gemm_grads(x, w, b);
+    }
+    auto grads = torch::autograd::grad({y}, {x, w, b}, {g});
+    grads.insert(grads.begin(), y);
+    return grads;
+  };
+  auto direct = run(true), cast = run(false);
+  model::set_direct_weight_grads(true);
+  EXPECT_TRUE(torch::equal(direct[0], cast[0]));
+  EXPECT_TRUE(torch::equal(direct[1], cast[1]));
+  auto dw64 = g.to(torch::kDouble).t().mm(x.detach().to(torch::kDouble));
+  auto db64 = g.to(torch::kDouble).sum(0);
+  for (int i : {2, 3}) {
+    EXPECT_EQ(direct[i].scalar_type(), torch::kFloat);
+    EXPECT_LT(rel_err(direct[i], cast[i]), 8e-3) << i;
+    EXPECT_LT(rel_err(direct[i], i == 2 ? dw64 : db64), 1e-5) << i;
+  }
+}
+
 // add_layer_norm off the CUDA bf16 path is the add, then the norm (the model's CPU path).
 TEST(Modules, AddLayerNormOnCpuIsAddThenNorm) {
   torch::manual_seed(0);
