@@ -11,6 +11,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace sctrain::io {
@@ -41,13 +42,32 @@ struct MatrixInfo {
   std::optional<int64_t> nnz;   // stored entries of a sparse matrix
 };
 
+// A std::allocator whose resize() leaves new elements uninitialised: the reader sizes the entry
+// arrays and then overwrites every element, so zero-filling them first (tens of MB for a
+// sequential read) would be a wasted pass.
+template <typename T>
+struct DefaultInitAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = DefaultInitAllocator<U>;
+  };
+  DefaultInitAllocator() = default;
+  template <typename U>
+  DefaultInitAllocator(const DefaultInitAllocator<U>&) noexcept {}
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    if constexpr (sizeof...(Args) == 0) ::new (static_cast<void*>(p)) U;
+    else ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+
 // Cells in CSR form: row r holds entries [indptr[r], indptr[r+1]).
 // Dense matrices are returned with their zeros dropped.
 struct CellRows {
   int64_t n_cols = 0;
   std::vector<int64_t> indptr{0};
-  std::vector<int32_t> indices;  // column (gene) of each entry, ascending within a row
-  std::vector<float> values;
+  std::vector<int32_t, DefaultInitAllocator<int32_t>> indices;  // column (gene) of each entry, ascending within a row
+  std::vector<float, DefaultInitAllocator<float>> values;
   int64_t n_rows() const { return static_cast<int64_t>(indptr.size()) - 1; }
   int64_t row_nnz(int64_t r) const { return indptr[r + 1] - indptr[r]; }
 };

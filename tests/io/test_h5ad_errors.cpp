@@ -147,7 +147,7 @@ namespace {
 
 // Writes a 1-D dataset with contiguous storage (what older anndata wrote without compression).
 template <typename T>
-void write_contiguous(hid_t group, const char* name, hid_t type, const std::vector<T>& v) {
+void write_contiguous(hid_t group, const char* name, hid_t type, const T& v) {
   hsize_t n = v.size();
   hid_t space = H5Screate_simple(1, &n, nullptr);
   hid_t d = H5Dcreate2(group, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
