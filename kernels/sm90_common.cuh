@@ -79,7 +79,8 @@ __device__ __forceinline__ void mma_ss_tt(float (&d)[N / 2], uint64_t da, uint64
 
 // Adds an accumulator tile (m64 x 8n, wgmma layout) of 64 rows x 8n columns to fp32 global memory
 // with 16-byte atomics: lanes t and t^1 swap halves so each holds 4 consecutive columns of one row.
-template <int NREG>
+// Rows at or past rows_valid are skipped, unless CHECK is false (the caller knows all rows are valid).
+template <int NREG, bool CHECK = true>
 __device__ __forceinline__ void atomic_add_tile(float* base, int64_t row_stride, const float (&d)[NREG], int row0,
                                                 int col0, int rows_valid, int lane) {
   const int g = lane / 4, t = lane % 4;
@@ -91,7 +92,7 @@ __device__ __forceinline__ void atomic_add_tile(float* base, int64_t row_stride,
     const float x0 = even ? d[4 * n + 2] : d[4 * n], x1 = even ? d[4 * n + 3] : d[4 * n + 1];
     const float y0 = __shfl_xor_sync(0xffffffffu, x0, 1), y1 = __shfl_xor_sync(0xffffffffu, x1, 1);
     const float4 v = even ? make_float4(d[4 * n], d[4 * n + 1], y0, y1) : make_float4(y0, y1, d[4 * n + 2], d[4 * n + 3]);
-    if (row < rows_valid) atomicAdd(reinterpret_cast<float4*>(base + row * row_stride + col + n * 8), v);
+    if (!CHECK || row < rows_valid) atomicAdd(reinterpret_cast<float4*>(base + row * row_stride + col + n * 8), v);
   }
 }
 
