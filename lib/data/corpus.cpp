@@ -22,6 +22,7 @@
 #endif
 
 #include "data/gene_table.h"
+#include "data/pages.h"
 #include "data/parallel.h"
 #include "data/source_reader.h"
 #include "io/serial_inflate.h"
@@ -567,6 +568,7 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     }
     start[V] = pos;
     std::unique_ptr<double[]> grouped(new double[pos]);  // not zeroed: every slot is written
+    advise_huge_pages(grouped.get(), static_cast<size_t>(pos) * sizeof(double));  // see pages.h
     run_parallel(T, [&](int p) {
       int64_t* to = fill[p].data();
       std::vector<double> norm;

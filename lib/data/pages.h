@@ -1,0 +1,32 @@
+// Transparent huge pages for a large buffer about to be written for the first time.
+//
+// The medians scatter 3.7 M values (kang) to 2.5 k genes' groups: 2.5 k write streams over
+// 29 MB, which with 4 KB pages miss the TLB on most writes. Asked for 2 MB pages before its
+// first touch, the buffer faults in once per 2 MB and the scatter's TLB misses mostly go
+// (one thread, kang: medians 47 -> 35 ms). Only the 2 MB-aligned interior of [p, p + bytes)
+// is advised; buffers under 4 MB are left alone. A no-op where madvise(MADV_HUGEPAGE) is
+// missing or refused (THP "never").
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace sctrain::data {
+
+inline void advise_huge_pages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  if (bytes < 2 * kHuge) return;
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (b > a) (void)madvise(reinterpret_cast<void*>(a), b - a, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+}  // namespace sctrain::data
