@@ -9,6 +9,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -27,6 +28,18 @@ inline void advise_huge_pages(void* p, size_t bytes) {
   (void)p;
   (void)bytes;
 #endif
+}
+
+// The calling thread's malloc heap, from its top: the next `bytes` it hands out fault in 2 MB
+// pages (one fault and one clear per 2 MB instead of 512 faults). A block is allocated, advised
+// and freed untouched; with prepare's malloc settings (blocks under 32 MB from the heap, freed
+// memory kept) the region stays in the heap, flagged, for the allocations that follow (the cells
+// a thread reads). bytes should stay under 32 MB (glibc would mmap, and unmap on free).
+inline void advise_huge_heap(size_t bytes) {
+  void* p = std::malloc(bytes);
+  if (!p) return;
+  advise_huge_pages(p, bytes);
+  std::free(p);
 }
 
 }  // namespace sctrain::data
