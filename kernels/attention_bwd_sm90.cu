@@ -7,7 +7,7 @@
 //   P^T, dS^T = scale * dP^T P^T (1-P^T)  registers; dS^T also to shared memory
 //   dQ += dS K                            over all 128 keys, A = dS^T and B = K MN-major; at BR = 64 each
 //                                         warpgroup takes half of the columns (m64n(D/2)), at BR = 128 half
-//                                         of the queries (m64nD); 16-byte fp32 atomics
+//                                         of the queries (m64nD); 8-byte fp32 atomics
 //   dVw += P^T dO, dKw += dS^T Q          wgmma m64nD, A from registers, B MN-major, issued after dQ
 //                                         so that dQ's atomics run under them
 // At d128 each key block starts its sweep over the query blocks at its own offset (x * nqb / nkb), so
@@ -44,9 +44,9 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
   T* sK = reinterpret_cast<T*>(smem);
   T* sV = sK + BC * D;
-  T* sQ = sV + BC * D;        // 2 stages
+  T* sQ = sV + BC * D;        // NS stages
   T* sdO = sQ + NS * BR * D;   // NS stages
-  T* sdS = sdO + NS * BR * D;  // [BC keys][64 queries]
+  T* sdS = sdO + NS * BR * D;  // [BC keys][BR queries]
   const uint32_t bar0 = smem_addr(sdS + BC * BR);  // TMA: Q/dO stage barriers at bar0 + 8 st; K/V at bar0 + 8 NS
 
   const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, wi = (tid % 128) / 32;
