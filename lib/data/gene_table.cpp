@@ -139,6 +139,8 @@ GeneTable GeneTable::load(const std::string& path, const std::vector<std::string
   GeneTable t;
   size_t size = 0;
   t.text_ = read_text(path, size);
+  uint64_t lengths[4] = {};  // with `only`: bit k set if a name in use has k characters (255: more)
+  std::vector<uint8_t> seen(only ? 1 << 16 : 0);  // with `only`: 16 bits of the hashes of the names in use
   if (only) {
     // The names in use, version stripped, copied into a buffer the table owns (the keys view
     // them); the table's names are then only looked up, never added.
@@ -157,10 +159,23 @@ GeneTable GeneTable::load(const std::string& path, const std::vector<std::string
     for (auto [at, len] : spans) {
       if (len == 0) continue;
       const std::string_view k(names->data() + at, len);
-      t.find_or_add(k, hash_name(k), true);
+      const uint64_t h = hash_name(k);
+      t.find_or_add(k, h, true);
+      seen[(h >> 40) & 0xffff] = 1;
+      lengths[std::min<size_t>(len, 255) / 64] |= uint64_t{1} << (std::min<size_t>(len, 255) % 64);
     }
   }
   const bool add = !only;
+  // Looks a table name up. With `only`, two filters first: a name of a length that no name in
+  // use has is not even hashed (kang's names are all 15-character Ensembl IDs: most symbols and
+  // aliases go so), and one whose hash has 16 bits (of 64 KB) no name in use has is not probed.
+  auto lookup = [&](std::string_view key) -> Entry* {
+    const size_t len = std::min<size_t>(key.size(), 255);
+    if (!add && !(lengths[len / 64] >> (len % 64) & 1)) return nullptr;
+    const uint64_t h = hash_name(key);
+    if (!add && !seen[(h >> 40) & 0xffff]) return nullptr;
+    return t.find_or_add(key, h, add);
+  };
   // One pass over the lines: fields by memchr, each ID, symbol and alias hashed once and
   // looked up; the first gene (table order) to name a key keeps it.
   const char* p = t.text_.get();
@@ -219,14 +234,14 @@ GeneTable GeneTable::load(const std::string& path, const std::vector<std::string
     each_part(f[col_ensembl], [&](std::string_view e) {
       const std::string_view id = strip_version(e);  // stored stripped: a view of the prefix
       if (canonical.empty()) canonical = id;
-      if (Entry* x = t.find_or_add(id, hash_name(id), add); x && !x->by_ensembl.data()) x->by_ensembl = canonical;
+      if (Entry* x = lookup(id); x && !x->by_ensembl.data()) x->by_ensembl = canonical;
     });
     if (canonical.empty()) canonical = symbol;
     if (!symbol.empty())
-      if (Entry* x = t.find_or_add(symbol, hash_name(symbol), add); x && !x->by_symbol.data()) x->by_symbol = canonical;
+      if (Entry* x = lookup(symbol); x && !x->by_symbol.data()) x->by_symbol = canonical;
     if (col_aliases >= 0)
       each_part(f[col_aliases], [&](std::string_view a) {
-        if (Entry* x = t.find_or_add(a, hash_name(a), add); x && !x->by_alias.data()) x->by_alias = canonical;
+        if (Entry* x = lookup(a); x && !x->by_alias.data()) x->by_alias = canonical;
       });
   }
   if (t.n_genes_ == 0) throw std::runtime_error(str(path, ": the gene table has no genes"));

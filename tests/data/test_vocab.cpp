@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "data/gene_table.h"
 #include "data/vocab.h"
@@ -70,4 +71,34 @@ TEST(GeneTable, HumanTable) {
   EXPECT_EQ(t.canonical("A1B"), "ENSG00000121410");
   EXPECT_EQ(t.canonical("ENSG00000198851.9"), "ENSG00000198851");
   EXPECT_EQ(t.canonical("CD3E"), "ENSG00000198851");
+}
+
+// Loaded for the names in use only (as prepare does: lengths and hash bits of those names
+// filter the table's names before lookup), the table answers as the whole table does: symbols,
+// aliases and versioned Ensembl IDs of the human table, names of lengths nothing else has, an
+// empty and a 300-character name, names in no table.
+TEST(GeneTable, NamesInUseAnswerAsTheWholeTable) {
+  const std::string path = sctrain::testing::project_data("genes/human_genes.tsv");
+  const GeneTable whole = GeneTable::load(path);
+  std::vector<std::string> names = {"", std::string(300, 'A'), "ZZZ_NOT_A_GENE", "X", "SHARED", "ENSG99999999999.3"};
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  for (int k = 0; std::getline(in, line); ++k) {
+    if (k % 97) continue;
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    for (std::string x; std::getline(ss, x, '\t');) f.push_back(x);
+    if (f.size() > 1) names.push_back(f[1]);                                   // symbol
+    if (f.size() > 2 && !f[2].empty()) names.push_back(f[2].substr(0, f[2].find('|')) + ".7");  // versioned ID
+    if (f.size() > 4 && !f[4].empty()) names.push_back(f[4].substr(0, f[4].find('|')));         // an alias
+  }
+  ASSERT_GT(names.size(), 1000u);
+  const GeneTable only = GeneTable::load(path, &names);
+  int64_t found = 0;
+  for (const auto& n : names) {
+    EXPECT_EQ(only.canonical(n), whole.canonical(n)) << n;
+    found += whole.canonical(n).has_value();
+  }
+  EXPECT_GT(found, 900) << names.size() << " names";
 }
