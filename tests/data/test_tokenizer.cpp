@@ -40,11 +40,12 @@ TEST(GatherCell, MapsDropsAndSumsDuplicates) {
 }
 
 TEST(GatherCell, TotalIsTheInOrderDoubleSumOfPositiveValues) {
-  // Counts (summed as integers), fractions, huge values and a mix: always the in-order
+  // Counts (summed as integers), fractions, huge values, a mix and values around 2^31: the in-order
   // double sum that scipy's row sum gives, bit for bit.
   std::mt19937 rnd(7);
   std::uniform_real_distribution<float> frac(-0.5f, 3.0f);
-  for (int kind = 0; kind < 4; ++kind) {
+  const float edge[] = {0x1p31f, 2147483520.0f, -0.0f, 0.0f, 1.0f, -2.0f};  // around 2^31, signed zeros
+  for (int kind = 0; kind < 5; ++kind) {
     for (int rep = 0; rep < 50; ++rep) {
       const int n = 1 + static_cast<int>(rnd() % 300);
       std::vector<int32_t> idx(n), col_tok(n);
@@ -56,6 +57,7 @@ TEST(GatherCell, TotalIsTheInOrderDoubleSumOfPositiveValues) {
         if (kind == 1) val[i] = frac(rnd);                                               // fractions
         if (kind == 2) val[i] = static_cast<float>(rnd() % 3) * 0x1p40f + 1.0f;          // huge whole numbers
         if (kind == 3) val[i] = i % 2 ? static_cast<float>(rnd() % 9) : frac(rnd);       // mixed
+        if (kind == 4) val[i] = rep % 2 ? edge[rnd() % 6] : edge[1 + rnd() % 5];          // edges (2^31: odd reps)
       }
       double want = 0;
       for (float v : val)
