@@ -151,13 +151,15 @@ void check_and_sort_rows(const MatrixInfo& info, const Matrix::Impl& m, CellRows
   const int32_t n_cols = static_cast<int32_t>(info.n_cols);
   for (int64_t r = 0; r < out.n_rows(); ++r) {
     int64_t b = out.indptr[r], e = out.indptr[r + 1];
-    // One branch-free pass: in range (unsigned compare) and ascending.
+    // One branch-free pass: in range (unsigned compare) and ascending. Integer flags, not bools,
+    // so that the compiler vectorises it.
     const int32_t* ix = out.indices.data();
-    bool sorted = true, in_range = b == e || static_cast<uint32_t>(ix[b]) < static_cast<uint32_t>(n_cols);
+    int32_t out_of_range = b < e && static_cast<uint32_t>(ix[b]) >= static_cast<uint32_t>(n_cols), unsorted = 0;
     for (int64_t i = b + 1; i < e; ++i) {
-      in_range &= static_cast<uint32_t>(ix[i]) < static_cast<uint32_t>(n_cols);
-      sorted &= ix[i] >= ix[i - 1];
+      out_of_range |= static_cast<int32_t>(static_cast<uint32_t>(ix[i]) >= static_cast<uint32_t>(n_cols));
+      unsorted |= static_cast<int32_t>(ix[i] < ix[i - 1]);
     }
+    const bool in_range = out_of_range == 0, sorted = unsorted == 0;
     if (!in_range)
       for (int64_t i = b; i < e; ++i)
         if (out.indices[i] < 0 || out.indices[i] >= n_cols)
