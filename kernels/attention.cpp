@@ -75,10 +75,8 @@ class SigmoidAttentionFn : public torch::autograd::Function<SigmoidAttentionFn> 
     auto o = torch::empty(q.sizes(), q.options().memory_format(torch::MemoryFormat::Contiguous));
     auto p = make_params(q, k, v, lengths, scale, bias, has_bias);
     p.o = o.data_ptr();
-    if (use_hopper_path())
-      cuda::forward_sm90(p, at::cuda::getCurrentCUDAStream());
-    else
-      cuda::forward_sm80(p, at::cuda::getCurrentCUDAStream());
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    if (!(use_hopper_path() && cuda::forward_sm90(p, stream))) cuda::forward_sm80(p, stream);
     ctx->save_for_backward({q, k, v, lengths});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["bias"] = bias;
@@ -102,10 +100,8 @@ class SigmoidAttentionFn : public torch::autograd::Function<SigmoidAttentionFn> 
     p.dq_accum = dq.data_ptr<float>();
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();
-    if (use_hopper_path())
-      cuda::backward_sm90(p, at::cuda::getCurrentCUDAStream());
-    else
-      cuda::backward_sm80(p, at::cuda::getCurrentCUDAStream());
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    if (!(use_hopper_path() && cuda::backward_sm90(p, stream))) cuda::backward_sm80(p, stream);
     return {dq.to(q.scalar_type()), dk, dv, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };

@@ -34,7 +34,7 @@ __device__ __forceinline__ void fence_regs(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-template <typename T, int D, bool TMA, int NS, int BR>
+template <typename T, int D, int NS, int BR>
 __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
   constexpr bool kStagger = D == 128;  // measured: +5-10% at d128, -2-4% at d64
   // BR = 128 query steps: dQ's wgmma splits the queries between the warpgroups, not the columns.
@@ -84,12 +84,10 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
     // Tiles wholly inside the sequence come by TMA (thread 0 issues, a barrier counts the bytes); a
     // partial one by cp.async, zero-filled past the length (a NaN in padding must not meet a zero).
     // Every stage load commits a cp.async group, empty or not, so the group waits below stay uniform.
-    if (TMA) {
-      if (tid == 0)
-        for (int i = 0; i <= NS; ++i) mbar_init(bar0 + 8 * i, 1);
-      __syncthreads();
-    }
-    auto q_full = [&](int qb) { return TMA && (qb + 1) * BR <= len; };
+    if (tid == 0)
+      for (int i = 0; i <= NS; ++i) mbar_init(bar0 + 8 * i, 1);
+    __syncthreads();
+    auto q_full = [&](int qb) { return (qb + 1) * BR <= len; };
     auto load_stage = [&](int st, int qb) {  // Q, dO of query block qb into stage st
       const int qn = qb * BR;
       if (q_full(qb)) {
@@ -105,7 +103,7 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
       }
       cp_async_commit();
     };
-    const bool kv_full = TMA && k0 + BC <= len;
+    const bool kv_full = k0 + BC <= len;
     if (kv_full) {
       if (tid == 0) {
         mbar_arrive_expect_tx(bar0 + 8 * NS, 2 * BC * D * sizeof(T));
@@ -242,35 +240,30 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
   }
 }
 
-template <typename T, int D, bool TMA, int NS, int BR>
-void launch_variant(const AttnParams& p, const TmaMaps& maps, cudaStream_t stream) {
+template <typename T, int D>
+bool launch(const AttnParams& p, cudaStream_t stream) {
+  // Same-run A/Bs: d128 TMA +4-5%, its third Q/dO stage +6-8% at N = 2048 (0-1% elsewhere); d64 128-query
+  // steps with TMA +3-5% over 64-query steps (with cp.async -3%, with 3 stages no better than 2).
+  constexpr int BR = D == 64 ? 128 : 64, NS = D == 64 ? 2 : 3;
+  TmaMaps maps{};
+  if (!(encode_tile_map<T, D>(&maps.q, p.q, p.q_stride, p, BR) && encode_tile_map<T, D>(&maps.k, p.k, p.k_stride, p, BC) &&
+        encode_tile_map<T, D>(&maps.v, p.v, p.v_stride, p, BC) &&
+        encode_tile_map<T, D>(&maps.dout, p.dout, p.do_stride, p, BR)))
+    return false;
   const size_t smem = static_cast<size_t>(2 * BC * D + 2 * NS * BR * D + BC * BR) * sizeof(T) + 8 * (NS + 1) + 1024;
-  auto kernel = bwd_kernel<T, D, TMA, NS, BR>;
+  auto kernel = bwd_kernel<T, D, NS, BR>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   dim3 grid((p.N + BC - 1) / BC, p.H, p.B);
   kernel<<<grid, NT, smem, stream>>>(p, maps);
-}
-
-template <typename T, int D>
-void launch(const AttnParams& p, cudaStream_t stream) {
-  // Same-run A/Bs: d128 TMA +4-5%, its third Q/dO stage +6-8% at N = 2048 (0-1% elsewhere); d64 128-query
-  // steps with TMA +3-5% over 64-query steps (with cp.async -3%, with 3 stages no better than 2).
-  constexpr int kRows = D == 64 ? 128 : 64, kStages = D == 64 ? 2 : 3;
-  TmaMaps maps{};
-  const bool use_tma = encode_tile_map<T, D>(&maps.q, p.q, p.q_stride, p, kRows) &&
-                       encode_tile_map<T, D>(&maps.k, p.k, p.k_stride, p, BC) &&
-                       encode_tile_map<T, D>(&maps.v, p.v, p.v_stride, p, BC) &&
-                       encode_tile_map<T, D>(&maps.dout, p.dout, p.do_stride, p, kRows);
-  if (use_tma) launch_variant<T, D, true, kStages, kRows>(p, maps, stream);
-  else launch_variant<T, D, false, 2, 64>(p, maps, stream);  // no tensor maps: v10's loads
+  return true;
 }
 
 }  // namespace
 }  // namespace sm90
 
-void backward_sm90(const AttnParams& p, cudaStream_t stream) {
-  dispatch_launch(p, "backward (sm90)", [&](auto t, auto d) {
-    sm90::launch<typename decltype(t)::type, decltype(d)::value>(p, stream);
+bool backward_sm90(const AttnParams& p, cudaStream_t stream) {
+  return dispatch_launch(p, "backward (sm90)", [&](auto t, auto d) {
+    return sm90::launch<typename decltype(t)::type, decltype(d)::value>(p, stream);
   });
 }
 

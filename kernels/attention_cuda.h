@@ -35,8 +35,10 @@ struct AttnParams {
 int device_sm();
 
 void forward_sm80(const AttnParams& p, cudaStream_t stream);
-void forward_sm90(const AttnParams& p, cudaStream_t stream);  // Hopper (sm_90a) only
 void backward_sm80(const AttnParams& p, cudaStream_t stream);
-void backward_sm90(const AttnParams& p, cudaStream_t stream);  // Hopper (sm_90a) only
+// Hopper (sm_90a) only. False, launching nothing, when the driver cannot describe the tensors for TMA
+// (no cuTensorMapEncodeTiled): the caller then uses the portable path.
+bool forward_sm90(const AttnParams& p, cudaStream_t stream);
+bool backward_sm90(const AttnParams& p, cudaStream_t stream);
 
 }  // namespace sctrain::kernels::cuda

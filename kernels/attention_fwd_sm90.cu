@@ -52,7 +52,7 @@ __device__ __forceinline__ void load_tile_lean(T* s, const T* g, int64_t stride,
   }
 }
 
-template <typename T, int D, int BC, int STAGES, bool TMA>
+template <typename T, int D, int BC, int STAGES>
 __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
   extern __shared__ unsigned char smem_raw[];
   // 1024-byte alignment for the swizzled tiles.
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p, const __
     // the bytes); a sequence's last partial block by cp.async, which zero-fills the rows past its length
     // (TMA zero-fills only past the tensor's end, and a NaN in V's padding would reach O as 0 * NaN).
     // Q rides with block 0, by the same means (rows past the length only reach discarded outputs).
-    const int full_blocks = TMA ? len / BC : 0;
+    const int full_blocks = len / BC;
     for (int blk = 0; blk < nkb; ++blk) {
       const int kn = blk * BC, st = blk % STAGES;
       if (blk >= STAGES) mbar_wait(empty0 + 8 * st, ((blk / STAGES) + 1) & 1);
@@ -208,7 +208,7 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p, const __
   }
 }
 
-// Tensor maps of Q, K, V (boxes of BR query rows, BC key rows); false: stay on cp.async.
+// Tensor maps of Q, K, V (boxes of BR query rows, BC key rows); false: the caller takes the portable path.
 template <typename T, int D>
 bool make_maps(const AttnParams& p, TmaMaps& m) {
   return encode_tile_map<T, D>(&m.q, p.q, p.q_stride, p, BR) && encode_tile_map<T, D>(&m.k, p.k, p.k_stride, p, kBC<D>) &&
@@ -216,24 +216,25 @@ bool make_maps(const AttnParams& p, TmaMaps& m) {
 }
 
 template <typename T, int D>
-void launch(const AttnParams& p, cudaStream_t stream) {
+bool launch(const AttnParams& p, cudaStream_t stream) {
   // K/V stages: 6 at d64 (same-run A/B against 4: +2-10%), 4 at d128 (5 measured no different).
   constexpr int BC = kBC<D>, STAGES = D == 64 ? 6 : 4;
   const size_t smem = static_cast<size_t>(BR + 2 * STAGES * BC) * D * sizeof(T) + 16 * STAGES + 1024;
   TmaMaps maps{};
-  const bool use_tma = make_maps<T, D>(p, maps);
-  auto kernel = use_tma ? fwd_kernel<T, D, BC, STAGES, true> : fwd_kernel<T, D, BC, STAGES, false>;
+  if (!make_maps<T, D>(p, maps)) return false;
+  auto kernel = fwd_kernel<T, D, BC, STAGES>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   dim3 grid((p.N + BR - 1) / BR, p.H, p.B);
   kernel<<<grid, NT, smem, stream>>>(p, maps);
+  return true;
 }
 
 }  // namespace
 }  // namespace sm90
 
-void forward_sm90(const AttnParams& p, cudaStream_t stream) {
-  dispatch_launch(p, "forward (sm90)", [&](auto t, auto d) {
-    sm90::launch<typename decltype(t)::type, decltype(d)::value>(p, stream);
+bool forward_sm90(const AttnParams& p, cudaStream_t stream) {
+  return dispatch_launch(p, "forward (sm90)", [&](auto t, auto d) {
+    return sm90::launch<typename decltype(t)::type, decltype(d)::value>(p, stream);
   });
 }
 
