@@ -156,6 +156,7 @@ GeneTable GeneTable::load(const std::string& path, const std::vector<std::string
       names->append(k);
     }
     t.names_ = names;
+    while (2 * (spans.size() + 1) > t.tags_.size()) t.grow();  // sized once: no rehashing as names are added
     for (auto [at, len] : spans) {
       if (len == 0) continue;
       const std::string_view k(names->data() + at, len);
