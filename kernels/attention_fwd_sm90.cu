@@ -1,15 +1,16 @@
 // Forward sigmoid attention, Hopper path (sm_90a): wgmma with operands in shared memory.
 // One block = 1 producer + 2 consumer warpgroups; each consumer owns 64 query rows of one (batch, head).
-// Key blocks of BC = 128 (d64) or 64 (d128).
-// Producer (setmaxnreg 40) fills a K/V ring (6 stages at d64, 4 at d128): key blocks wholly inside
-// the sequence (and Q with block 0) by TMA, issued by one thread, the stage's "full" barrier counting
-// the bytes; a sequence's last partial block by cp.async, zero-filled past the length, each thread's
-// cp.async.mbarrier.arrive counting on that barrier. Consumers (setmaxnreg 232) wait on "full",
-// release a stage through its "empty" barrier once PV of that block retired, and never meet each
-// other, so one's sigmoid runs under the other's wgmma.
+// Key blocks of BC = 64, in a ring of 4 stages.
+// Producer fills the K/V ring: key blocks wholly inside the sequence (and Q with block 0) by TMA,
+// issued by one thread, the stage's "full" barrier counting the bytes; a sequence's last partial block
+// by cp.async, zero-filled past the length, each thread's cp.async.mbarrier.arrive counting on that
+// barrier. Consumers wait on "full", release a stage through its "empty" barrier once PV of that
+// block retired, and never meet each other, so one's sigmoid runs under the other's wgmma.
+// d64: two blocks per SM (producer at 24 registers, consumers at 104), so the other block's warps
+// also fill the tensor cores during a sigmoid. d128: one block per SM (40 / 232 registers), and
+// S_{j+1} is issued before the sigmoid of block j, to run under it.
 // S = Q K^T: wgmma m64nBCk16, A and B from shared memory (K-major, 128-byte swizzle).
 // O += P V:  wgmma m64nDk16, A = P from registers, B = V from shared memory (MN-major).
-// S_{j+1} runs on the tensor cores while the sigmoid of block j is computed.
 // Shared tile layout: column halves of 64 elements, each [rows][64] with 16-byte chunks
 // XOR-swizzled by (row & 7): the canonical 128-byte-swizzle layout of wgmma.
 #include "kernels/attention_cuda.h"
@@ -24,19 +25,14 @@ namespace sctrain::kernels::cuda {
 namespace sm90 {
 namespace {
 
-
-// Warpgroup 0 produces (cp.async into the K/V ring, 40 registers); warpgroups 1, 2 consume (232).
+// Warpgroup 0 produces (TMA or cp.async into the K/V ring); warpgroups 1, 2 consume.
 constexpr int NWG = 2, BR = 64 * NWG, NT = 128 * (NWG + 1);
 
 struct TmaMaps {
   CUtensorMap q, k, v;
 };
-// Keys per block: 128 at d64; 64 at d128, where two S tiles and O must fit in registers.
-template <int D>
-constexpr int kBC = D == 64 ? 128 : 64;
-
 // Producer's tile load (128 threads): a thread keeps one 16-byte column chunk, so its swizzle is fixed
-// and the addresses step by a constant (few registers: the producer runs with 40).
+// and the addresses step by a constant (few registers: the producer runs with 24 or 40).
 template <int ROWS, int D, typename T>
 __device__ __forceinline__ void load_tile_lean(T* s, const T* g, int64_t stride, int valid, int ptid) {
   constexpr int CH = D / 8, RSTEP = 128 / CH;
@@ -52,8 +48,9 @@ __device__ __forceinline__ void load_tile_lean(T* s, const T* g, int64_t stride,
   }
 }
 
-template <typename T, int D, int BC, int STAGES>
-__global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
+// CTAS blocks per SM: 2 (registers 24 / 104, no S prefetch) or 1 (40 / 232, S_{j+1} before the sigmoid of j).
+template <typename T, int D, int BC, int STAGES, int CTAS>
+__global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
   extern __shared__ unsigned char smem_raw[];
   // 1024-byte alignment for the swizzled tiles.
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -92,7 +89,8 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p, const __
   __syncthreads();
 
   if (wg < 0) {  // producer warpgroup
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if constexpr (CTAS == 1) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    else asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
     const T* q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[2];
     const T* k = static_cast<const T*>(p.k) + b * p.k_stride[0] + h * p.k_stride[2];
     const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + h * p.v_stride[2];
@@ -125,7 +123,8 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p, const __
     return;
   }
 
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  if constexpr (CTAS == 1) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  else asm volatile("setmaxnreg.inc.sync.aligned.u32 104;\n" ::: "memory");
   const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(len));
   const float hs = 0.5f * p.scale, hb = 0.5f * bias;
   auto wait_full = [&](int blk) {
@@ -187,12 +186,25 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p, const __
     sigmoid_p(pf, s);
     issue_pv(pf, j);
   };
-  float sa[BC / 2], sb[BC / 2];
-  wait_full(0);
-  issue_s(sa, 0);
-  for (int j = 0; j < nkb; j += 2) {
-    step(j, sa, sb);
-    if (j + 1 < nkb) step(j + 1, sb, sa);
+  if constexpr (CTAS == 1) {
+    float sa[BC / 2], sb[BC / 2];
+    wait_full(0);
+    issue_s(sa, 0);
+    for (int j = 0; j < nkb; j += 2) {
+      step(j, sa, sb);
+      if (j + 1 < nkb) step(j + 1, sb, sa);
+    }
+  } else {  // the other block's warps fill the tensor cores during this one's sigmoid
+    for (int j = 0; j < nkb; ++j) {
+      float sc[BC / 2];
+      wait_full(j);
+      issue_s(sc, j);
+      wgmma_wait<0>();  // S_j and PV_{j-1}
+      if (j > 0) release(j - 1);
+      uint32_t pf[BC / 16][4];
+      sigmoid_p(pf, sc);
+      issue_pv(pf, j);
+    }
   }
   wgmma_wait<0>();
 
@@ -209,24 +221,31 @@ __global__ void __launch_bounds__(NT, 1) fwd_kernel(const AttnParams p, const __
 }
 
 // Tensor maps of Q, K, V (boxes of BR query rows, BC key rows); false: the caller takes the portable path.
-template <typename T, int D>
+template <typename T, int D, int BC>
 bool make_maps(const AttnParams& p, TmaMaps& m) {
-  return encode_tile_map<T, D>(&m.q, p.q, p.q_stride, p, BR) && encode_tile_map<T, D>(&m.k, p.k, p.k_stride, p, kBC<D>) &&
-         encode_tile_map<T, D>(&m.v, p.v, p.v_stride, p, kBC<D>);
+  return encode_tile_map<T, D>(&m.q, p.q, p.q_stride, p, BR) && encode_tile_map<T, D>(&m.k, p.k, p.k_stride, p, BC) &&
+         encode_tile_map<T, D>(&m.v, p.v, p.v_stride, p, BC);
 }
 
-template <typename T, int D>
-bool launch(const AttnParams& p, cudaStream_t stream) {
-  // K/V stages: 6 at d64 (same-run A/B against 4: +2-10%), 4 at d128 (5 measured no different).
-  constexpr int BC = kBC<D>, STAGES = D == 64 ? 6 : 4;
+template <typename T, int D, int BC, int STAGES, int CTAS>
+bool launch_variant(const AttnParams& p, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(BR + 2 * STAGES * BC) * D * sizeof(T) + 16 * STAGES + 1024;
   TmaMaps maps{};
-  if (!make_maps<T, D>(p, maps)) return false;
-  auto kernel = fwd_kernel<T, D, BC, STAGES>;
+  if (!make_maps<T, D, BC>(p, maps)) return false;
+  auto kernel = fwd_kernel<T, D, BC, STAGES, CTAS>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   dim3 grid((p.N + BR - 1) / BR, p.H, p.B);
   kernel<<<grid, NT, smem, stream>>>(p, maps);
   return true;
+}
+
+template <typename T, int D>
+bool launch(const AttnParams& p, cudaStream_t stream) {
+  // K/V stages: 4 (d128: 5 measured no different).
+  // d64: two blocks per SM (same-run A/B against one block with 128-key blocks, 6 stages and the S
+  // prefetch: +3-19%, most at short N); at d128 the consumers' registers allow one block.
+  if constexpr (D == 64) return launch_variant<T, D, 64, 4, 2>(p, stream);
+  else return launch_variant<T, D, 64, 4, 1>(p, stream);
 }
 
 }  // namespace
