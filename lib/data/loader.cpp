@@ -255,36 +255,37 @@ struct Loader::Impl {
     return b;
   }
 
+  // Claims the next batch (under mu, held by lk; the prefetch window must allow it), builds it
+  // with mu released and files it as ready.
+  void claim_and_build(std::unique_lock<std::mutex>& lk) {
+    const int64_t seq = next_claim++;
+    const Cursor cur = claim_cursor;
+    const std::shared_ptr<const Plan> plan = plan_for(cur.epoch);
+    Cursor after = cur;
+    if (++after.position >= plan->size()) after = {cur.epoch + 1, 0};
+    claim_cursor = after;
+    lk.unlock();
+    Ready r;
+    r.after = after;
+    try {
+      if (seq == cfg.fail_at_batch) throw std::runtime_error(str("loader: injected failure at batch ", seq));
+      r.batch = build(train, plan->cells.data() + plan->starts[cur.position],
+                      plan->starts[cur.position + 1] - plan->starts[cur.position], cur.epoch, cfg.seed);
+    } catch (...) {
+      r.error = std::current_exception();
+    }
+    lk.lock();
+    ready.emplace(seq, std::move(r));
+    cv_ready.notify_all();
+  }
+  bool window_open() const { return next_claim < next_deliver + std::max<int64_t>(cfg.prefetch, 1); }
+
   void worker_loop() {
+    std::unique_lock lk(mu);
     for (;;) {
-      int64_t seq;
-      Cursor cur, after;
-      std::shared_ptr<const Plan> plan;
-      {
-        std::unique_lock lk(mu);
-        cv_work.wait(lk, [&] { return stop || next_claim < next_deliver + std::max<int64_t>(cfg.prefetch, 1); });
-        if (stop) return;
-        seq = next_claim++;
-        cur = claim_cursor;
-        plan = plan_for(cur.epoch);
-        after = cur;
-        if (++after.position >= plan->size()) after = {cur.epoch + 1, 0};
-        claim_cursor = after;
-      }
-      Ready r;
-      r.after = after;
-      try {
-        if (seq == cfg.fail_at_batch) throw std::runtime_error(str("loader: injected failure at batch ", seq));
-        r.batch = build(train, plan->cells.data() + plan->starts[cur.position],
-                        plan->starts[cur.position + 1] - plan->starts[cur.position], cur.epoch, cfg.seed);
-      } catch (...) {
-        r.error = std::current_exception();
-      }
-      {
-        std::lock_guard lk(mu);
-        ready.emplace(seq, std::move(r));
-      }
-      cv_ready.notify_all();
+      cv_work.wait(lk, [&] { return stop || window_open(); });
+      if (stop) return;
+      claim_and_build(lk);
     }
   }
 
@@ -467,7 +468,13 @@ Batch Loader::next() {
   Impl::Ready r;
   {
     std::unique_lock lk(m.mu);
-    m.cv_ready.wait(lk, [&] { return m.ready.count(m.next_deliver) > 0; });
+    // While the batch due is not ready, this thread builds the next unclaimed one itself rather
+    // than sleeping until a worker hands it over (on two cores the workers and this thread share
+    // the CPUs; each sleep and wake-up cost about as much as building a batch).
+    while (!m.ready.count(m.next_deliver)) {
+      if (m.window_open()) m.claim_and_build(lk);
+      else m.cv_ready.wait(lk, [&] { return m.ready.count(m.next_deliver) > 0; });
+    }
     auto it = m.ready.find(m.next_deliver);
     r = std::move(it->second);
     m.ready.erase(it);
