@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "io/chunk_index.h"
 #include "io/hdf5_util.h"
 #include "io/lzf_filter.h"
 
@@ -103,17 +104,14 @@ std::optional<RawDataset> RawDataset::probe(hid_t dset, std::shared_ptr<const in
   r.chunk_len_ = static_cast<int64_t>(chunk);
   const int64_t n_chunks = (r.n_ + r.chunk_len_ - 1) / r.chunk_len_;
   if (n_chunks > (1 << 22)) return std::nullopt;  // index too large to hold: read through HDF5
-  r.chunk_addr_.assign(static_cast<size_t>(n_chunks), HADDR_UNDEF);
-  r.chunk_bytes_.assign(static_cast<size_t>(n_chunks), 0);
-  r.chunk_mask_.assign(static_cast<size_t>(n_chunks), 0);
-  for (int64_t c = 0; c < n_chunks; ++c) {
-    hsize_t offset = static_cast<hsize_t>(c * r.chunk_len_);
-    if (H5Dget_chunk_info_by_coord(dset, &offset, &r.chunk_mask_[c], &r.chunk_addr_[c], &r.chunk_bytes_[c]) < 0) {
-      h5::last_error();
-      return std::nullopt;
-    }
-    if (r.filters_.empty() && r.chunk_mask_[c] != 0) return std::nullopt;
-  }
+  std::optional<ChunkIndex> index = read_chunk_index(dset, *r.fd_, r.chunk_len_, n_chunks);
+  if (!index) return std::nullopt;
+  if (r.filters_.empty())
+    for (unsigned m : index->mask)
+      if (m != 0) return std::nullopt;
+  r.chunk_addr_ = std::move(index->addr);
+  r.chunk_bytes_ = std::move(index->bytes);
+  r.chunk_mask_ = std::move(index->mask);
   if (!r.filters_.empty()) r.cache_ = std::make_shared<ChunkCache>();
   return r;
 }

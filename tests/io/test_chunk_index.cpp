@@ -1,0 +1,148 @@
+// The chunk index read from the file's B-tree equals HDF5's own answer, chunk by chunk, for
+// every chunked 1-D dataset of every real file and fixture.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "io/chunk_index.h"
+#include "test_data.h"
+
+namespace fs = std::filesystem;
+using namespace sctrain::io;
+
+namespace {
+
+std::vector<std::string> h5ad_files() {
+  std::vector<std::string> files;
+  for (const std::string dir : {std::string(SCTRAIN_SOURCE_DIR) + "/data", std::string(SCTRAIN_SOURCE_DIR) + "/tests/fixtures",
+                                std::string(SCTRAIN_SHARED_DATA)}) {
+    if (!fs::is_directory(dir)) continue;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().extension() == ".h5ad") files.push_back(e.path().string());
+  }
+  return files;
+}
+
+struct Visit {
+  int fd;
+  int from_btree = 0, by_api_only = 0, chunks = 0;
+};
+
+herr_t check_dataset(hid_t root, const char* name, const H5O_info_t* info, void* data) {
+  if (info->type != H5O_TYPE_DATASET) return 0;
+  Visit& v = *static_cast<Visit*>(data);
+  hid_t d = H5Dopen2(root, name, H5P_DEFAULT);
+  hid_t space = H5Dget_space(d), dcpl = H5Dget_create_plist(d);
+  hsize_t n = 0, chunk = 0;
+  if (H5Sget_simple_extent_ndims(space) == 1 && H5Pget_layout(dcpl) == H5D_CHUNKED && H5Pget_chunk(dcpl, 1, &chunk) == 1) {
+    H5Sget_simple_extent_dims(space, &n, nullptr);
+    const int64_t n_chunks = static_cast<int64_t>((n + chunk - 1) / chunk);
+    SCOPED_TRACE(name);
+    const auto api = chunk_index_by_api(d, static_cast<int64_t>(chunk), n_chunks);
+    EXPECT_TRUE(api.has_value());
+    const auto tree = chunk_index_from_btree(d, v.fd, static_cast<int64_t>(chunk), n_chunks);
+    if (tree && api && n_chunks > 0) {
+      ++v.from_btree;
+      v.chunks += static_cast<int>(n_chunks);
+      EXPECT_EQ(tree->addr, api->addr);
+      EXPECT_EQ(tree->bytes, api->bytes);
+      EXPECT_EQ(tree->mask, api->mask);
+    } else {
+      ++v.by_api_only;
+    }
+  }
+  H5Pclose(dcpl);
+  H5Sclose(space);
+  H5Dclose(d);
+  return 0;
+}
+
+TEST(ChunkIndex, BtreeEqualsHdf5ForEveryRealFile) {
+  int from_btree = 0, chunks = 0;
+  for (const std::string& path : h5ad_files()) {
+    SCOPED_TRACE(path);
+    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    Visit v{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+    ASSERT_GE(v.fd, 0);
+#if H5_VERSION_GE(1, 12, 0)
+    H5Ovisit3(f, H5_INDEX_NAME, H5_ITER_NATIVE, check_dataset, &v, H5O_INFO_BASIC);
+#else
+    H5Ovisit2(f, H5_INDEX_NAME, H5_ITER_NATIVE, check_dataset, &v, H5O_INFO_BASIC);
+#endif
+    ::close(v.fd);
+    H5Fclose(f);
+    from_btree += v.from_btree;
+    chunks += v.chunks;
+    std::printf("%s: %d chunked datasets from the B-tree (%d chunks), %d through HDF5 only\n",
+                fs::path(path).filename().c_str(), v.from_btree, v.chunks, v.by_api_only);
+  }
+  // pbmc3k_seurat (h5py's default layout, gzip chunks) is read from its B-tree.
+  EXPECT_GT(from_btree, 0);
+  EXPECT_GT(chunks, 100);
+}
+
+// Written here with the HDF5 API: a deep B-tree (3,000 chunks of 4 values, with gzip) whose
+// last chunks were never written, as h5py lays it out; and the same with the newest format
+// (a chunk index that is no B-tree), which falls back to HDF5's answer.
+TEST(ChunkIndex, DeepTreeUnwrittenChunksAndNewestFormat) {
+  const fs::path dir = fs::temp_directory_path() / ("sctrain_chunk_index_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  for (const bool latest : {false, true}) {
+    SCOPED_TRACE(latest ? "libver latest" : "libver earliest");
+    const std::string path = (dir / (latest ? "latest.h5" : "earliest.h5")).string();
+    const hsize_t n = 12000, chunk = 4, written = 11600;
+    {
+      hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+      if (latest) H5Pset_libver_bounds(fapl, H5F_LIBVER_LATEST, H5F_LIBVER_LATEST);
+      hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+      hid_t space = H5Screate_simple(1, &n, nullptr), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+      H5Pset_chunk(dcpl, 1, &chunk);
+      H5Pset_deflate(dcpl, 4);
+      hid_t d = H5Dcreate2(f, "values", H5T_NATIVE_INT32, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+      std::vector<int32_t> v(written);
+      for (hsize_t i = 0; i < written; ++i) v[i] = static_cast<int32_t>(i * 7 % 1000);
+      const hsize_t start = 0;
+      hid_t mem = H5Screate_simple(1, &written, nullptr);
+      H5Sselect_hyperslab(space, H5S_SELECT_SET, &start, nullptr, &written, nullptr);
+      ASSERT_GE(H5Dwrite(d, H5T_NATIVE_INT32, mem, space, H5P_DEFAULT, v.data()), 0);
+      H5Sclose(mem);
+      H5Dclose(d);
+      H5Pclose(dcpl);
+      H5Sclose(space);
+      H5Fclose(f);
+      H5Pclose(fapl);
+    }
+    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "values", H5P_DEFAULT);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    const int64_t n_chunks = static_cast<int64_t>(n / chunk);
+    const auto api = chunk_index_by_api(d, chunk, n_chunks);
+    const auto tree = chunk_index_from_btree(d, fd, chunk, n_chunks);
+    const auto chosen = read_chunk_index(d, fd, chunk, n_chunks);
+    ASSERT_TRUE(api && chosen);
+    EXPECT_EQ(api->addr[n_chunks - 1], HADDR_UNDEF);  // never written
+    EXPECT_NE(api->addr[written / chunk - 1], HADDR_UNDEF);
+    EXPECT_EQ(chosen->addr, api->addr);
+    EXPECT_EQ(chosen->bytes, api->bytes);
+    if (latest) {
+      EXPECT_FALSE(tree.has_value());
+    } else {
+      ASSERT_TRUE(tree.has_value());
+      EXPECT_EQ(tree->addr, api->addr);
+      EXPECT_EQ(tree->bytes, api->bytes);
+      EXPECT_EQ(tree->mask, api->mask);
+    }
+    ::close(fd);
+    H5Dclose(d);
+    H5Fclose(f);
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
