@@ -1,4 +1,6 @@
 // sctrain prepare: h5ad files -> vocabulary, gene medians and a manifest (a prepared DIR).
+#include <sys/resource.h>
+
 #include <chrono>
 #include <cstdio>
 
@@ -22,6 +24,12 @@ struct PrepareArgs {
   int threads = 2;
 };
 
+double process_cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
 int run_prepare(const PrepareArgs& a) {
   data::PrepareOptions o;
   for (const auto& d : a.data) o.sources.push_back(data::parse_source(d, a.matrix));
@@ -37,6 +45,7 @@ int run_prepare(const PrepareArgs& a) {
   o.threads = a.threads;
 
   auto t0 = std::chrono::steady_clock::now();
+  const double cpu0 = process_cpu_seconds();
   data::PreparedCorpus corpus = data::prepare_corpus(o);
   if (!a.out.empty()) {
     data::save_corpus(corpus, a.out);
@@ -64,6 +73,7 @@ int run_prepare(const PrepareArgs& a) {
     auto t2 = std::chrono::steady_clock::now();
     batch_secs = std::chrono::duration<double>(t2 - t1).count();
     total_secs = std::chrono::duration<double>(t2 - t0).count();
+    log::debug(str("h5ad -> batches: ", process_cpu_seconds() - cpu0, " s of CPU in ", total_secs, " s"));
     log::info(str("h5ad -> ", n_batches, " batches: ", batch_cells, " cells, ", batch_tokens, " tokens in ", total_secs,
                   " s (", static_cast<int64_t>(batch_cells / total_secs), " cells/s, ",
                   static_cast<int64_t>(batch_tokens / total_secs), " tokens/s; padding ",
