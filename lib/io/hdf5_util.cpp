@@ -1,4 +1,5 @@
 #include "io/hdf5_util.h"
+#include "io/vlen_strings.h"
 
 #include <cstring>
 #include <stdexcept>
@@ -345,7 +346,10 @@ std::vector<std::string> read_strings(hid_t dset) {
   size_t n = n_points(space.get());
   if (H5Tget_class(type.get()) != H5T_STRING) fail("expected strings, found " + dtype_name(type.get()));
   if (n == 0) return {};
-  if (H5Tis_variable_str(type.get()) > 0) return read_vlen_strings(dset, false, space.get(), n);
+  if (H5Tis_variable_str(type.get()) > 0) {
+    if (auto direct = read_vlen_strings_direct(dset); direct && direct->size() == n) return std::move(*direct);
+    return read_vlen_strings(dset, false, space.get(), n);
+  }
   size_t size = H5Tget_size(type.get());
   std::vector<char> raw(n * size);
   Handle mtype(H5Tcopy(type.get()));

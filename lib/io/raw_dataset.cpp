@@ -61,13 +61,21 @@ struct RawDataset::ChunkCache {
   }
 };
 
-std::optional<RawDataset> RawDataset::probe(hid_t dset, std::shared_ptr<const int> fd) {
+std::optional<RawDataset> RawDataset::probe(hid_t dset, std::shared_ptr<const int> fd, bool vlen_strings) {
   using h5::Handle;
   RawDataset r;
   r.fd_ = std::move(fd);
   Handle type(H5Dget_type(dset));
   H5T_class_t cls = H5Tget_class(type.get());
-  if (cls == H5T_FLOAT) {
+  if (vlen_strings) {
+    // Stored as 16-byte references: length (4), global heap collection address (8), object index (4).
+    if (cls != H5T_STRING || H5Tis_variable_str(type.get()) <= 0) return std::nullopt;
+    Handle file(H5Iget_file_id(dset));
+    Handle fcpl(H5Fget_create_plist(file.get()));
+    size_t sizeof_addr = 0, sizeof_size = 0;
+    if (H5Pget_sizes(fcpl.get(), &sizeof_addr, &sizeof_size) < 0 || sizeof_addr != 8) return std::nullopt;
+    r.kind_ = Kind::Bytes;
+  } else if (cls == H5T_FLOAT) {
     r.kind_ = Kind::Float;
     // Only IEEE single and double.
     if (H5Tequal(type.get(), H5T_IEEE_F32LE) <= 0 && H5Tequal(type.get(), H5T_IEEE_F64LE) <= 0) return std::nullopt;
@@ -77,7 +85,7 @@ std::optional<RawDataset> RawDataset::probe(hid_t dset, std::shared_ptr<const in
   } else {
     return std::nullopt;
   }
-  r.elem_size_ = H5Tget_size(type.get());
+  r.elem_size_ = r.kind_ == Kind::Bytes ? 16 : H5Tget_size(type.get());
   auto dims = h5::shape(dset);
   if (dims.size() != 1) return std::nullopt;
   r.n_ = static_cast<int64_t>(dims[0]);
@@ -222,6 +230,8 @@ void RawDataset::read(const std::vector<std::pair<int64_t, int64_t>>& ranges, T*
         else if (elem_size_ == 4) convert<T, uint32_t>(s, n, dst);
         else convert<T, uint64_t>(s, n, dst);
         break;
+      case Kind::Bytes:
+        throw std::logic_error("RawDataset::read on stored references (use read_bytes)");
     }
   };
   const bool same = sizeof(T) == elem_size_ && (kind_ == Kind::Float) == std::is_floating_point_v<T> &&
@@ -330,6 +340,25 @@ void RawDataset::read(const std::vector<std::pair<int64_t, int64_t>>& ranges, T*
       count -= n;
       out += n;
     }
+  }
+}
+
+void RawDataset::read_bytes(int64_t start, int64_t count, unsigned char* out) const {
+  if (start < 0 || count < 0 || start + count > n_) throw std::runtime_error("range out of bounds");
+  const size_t es = elem_size_;
+  if (chunk_len_ == 0) {
+    pread_all(*fd_, out, static_cast<size_t>(count) * es, base_ + static_cast<haddr_t>(start) * es);
+    return;
+  }
+  std::vector<unsigned char> chunk(static_cast<size_t>(chunk_len_) * es);
+  while (count > 0) {
+    const int64_t c = start / chunk_len_, within = start % chunk_len_;
+    const int64_t n = std::min(count, chunk_len_ - within);
+    decode_chunk(c, chunk.data());
+    std::memcpy(out, chunk.data() + static_cast<size_t>(within) * es, static_cast<size_t>(n) * es);
+    start += n;
+    count -= n;
+    out += static_cast<size_t>(n) * es;
   }
 }
 

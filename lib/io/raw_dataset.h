@@ -19,18 +19,24 @@ class RawDataset {
  public:
   // Where a direct read is impossible (other filters, big-endian, unusual type), nullopt:
   // the caller reads through HDF5 instead.
-  static std::optional<RawDataset> probe(hid_t dset, std::shared_ptr<const int> fd);
+  // vlen_strings: a dataset of variable-length strings, read as its stored 16-byte references
+  // (read_bytes; vlen_strings.h resolves them).
+  static std::optional<RawDataset> probe(hid_t dset, std::shared_ptr<const int> fd, bool vlen_strings = false);
   // Ranges [start, start+count) of elements, converted to T, written one after another to out.
   // Compressed chunks the ranges need are inflated in parallel and kept in a bounded cache.
   template <typename T>
   void read(const std::vector<std::pair<int64_t, int64_t>>& ranges, T* out) const;
+  // Elements [start, start+count) as stored (elem_size() bytes each), to out.
+  void read_bytes(int64_t start, int64_t count, unsigned char* out) const;
+  size_t elem_size() const { return elem_size_; }
+  int64_t size() const { return n_; }
   bool compressed() const { return !filters_.empty(); }
 
   struct ChunkCache;
   using Chunk = std::shared_ptr<const std::vector<unsigned char>>;
 
  private:
-  enum class Kind { Float, Signed, Unsigned };
+  enum class Kind { Float, Signed, Unsigned, Bytes };
   void decode_chunk(int64_t c, unsigned char* dst) const;  // pread + inflate, chunk_len_ elements
   Chunk load_chunk(int64_t c) const;                       // decode_chunk through the cache
 

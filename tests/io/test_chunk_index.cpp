@@ -1,5 +1,6 @@
-// The chunk index read from the file's B-tree equals HDF5's own answer, chunk by chunk, for
-// every chunked 1-D dataset of every real file and fixture.
+// What the reader takes straight from the file's structures equals HDF5's own answer for every
+// real file and fixture: the chunk index read from a dataset's B-tree, chunk by chunk, and
+// variable-length strings resolved through the global heap.
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
@@ -10,6 +11,8 @@
 #include <vector>
 
 #include "io/chunk_index.h"
+#include "io/lzf_filter.h"
+#include "io/vlen_strings.h"
 #include "test_data.h"
 
 namespace fs = std::filesystem;
@@ -60,6 +63,108 @@ herr_t check_dataset(hid_t root, const char* name, const H5O_info_t* info, void*
   H5Sclose(space);
   H5Dclose(d);
   return 0;
+}
+
+struct StringVisit {
+  int direct = 0, strings = 0, fallback = 0;
+};
+
+herr_t check_strings(hid_t root, const char* name, const H5O_info_t* info, void* data) {
+  if (info->type != H5O_TYPE_DATASET) return 0;
+  StringVisit& v = *static_cast<StringVisit*>(data);
+  hid_t d = H5Dopen2(root, name, H5P_DEFAULT);
+  hid_t type = H5Dget_type(d), space = H5Dget_space(d);
+  if (H5Tget_class(type) == H5T_STRING && H5Tis_variable_str(type) > 0 && H5Sget_simple_extent_ndims(space) == 1) {
+    SCOPED_TRACE(name);
+    const hssize_t n = H5Sget_simple_extent_npoints(space);
+    hid_t mt = H5Tcopy(H5T_C_S1);
+    H5Tset_size(mt, H5T_VARIABLE);
+    H5Tset_cset(mt, H5Tget_cset(type));
+    std::vector<char*> p(static_cast<size_t>(n), nullptr);
+    EXPECT_GE(H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.data()), 0);
+    const auto direct = read_vlen_strings_direct(d);
+    if (direct) {
+      ++v.direct;
+      v.strings += static_cast<int>(n);
+      EXPECT_EQ(direct->size(), static_cast<size_t>(n));
+      for (hssize_t i = 0; i < n && i < static_cast<hssize_t>(direct->size()); ++i) EXPECT_EQ((*direct)[i], p[i] ? std::string(p[i]) : std::string()) << i;
+    } else {
+      ++v.fallback;
+    }
+    H5Dvlen_reclaim(mt, space, H5P_DEFAULT, p.data());
+    H5Tclose(mt);
+  }
+  H5Sclose(space);
+  H5Tclose(type);
+  H5Dclose(d);
+  return 0;
+}
+
+TEST(VlenStrings, DirectEqualsHdf5ForEveryRealFile) {
+  register_lzf_filter();  // the fixture's lzf datasets, for HDF5's own reads
+  int direct = 0, strings = 0;
+  for (const std::string& path : h5ad_files()) {
+    SCOPED_TRACE(path);
+    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    StringVisit v;
+#if H5_VERSION_GE(1, 12, 0)
+    H5Ovisit3(f, H5_INDEX_NAME, H5_ITER_NATIVE, check_strings, &v, H5O_INFO_BASIC);
+#else
+    H5Ovisit2(f, H5_INDEX_NAME, H5_ITER_NATIVE, check_strings, &v, H5O_INFO_BASIC);
+#endif
+    H5Fclose(f);
+    direct += v.direct;
+    strings += v.strings;
+    std::printf("%s: %d string datasets read directly (%d strings), %d through HDF5\n", fs::path(path).filename().c_str(),
+                v.direct, v.strings, v.fallback);
+  }
+  EXPECT_GT(direct, 10);
+  EXPECT_GT(strings, 10000);
+}
+
+// Written here: empty, UTF-8 and long (past one 4 KB heap collection) strings, contiguous and
+// chunked with gzip, in the oldest and the newest format.
+TEST(VlenStrings, EmptyUtf8AndLongStrings) {
+  std::vector<std::string> want = {"", "a", "CD3E", "\xc3\xa9\xe6\xbc\xa2", std::string(5000, 'x'), ""};
+  for (int i = 0; i < 300; ++i) want.push_back("gene" + std::to_string(i * 7919));
+  const fs::path dir = fs::temp_directory_path() / ("sctrain_vlen_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  for (const bool latest : {false, true})
+    for (const bool chunked : {false, true}) {
+      SCOPED_TRACE(std::string(latest ? "latest" : "earliest") + (chunked ? " chunked" : " contiguous"));
+      const std::string path = (dir / "s.h5").string();
+      hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+      if (latest) H5Pset_libver_bounds(fapl, H5F_LIBVER_LATEST, H5F_LIBVER_LATEST);
+      hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+      const hsize_t n = want.size(), chunk = 16;
+      hid_t space = H5Screate_simple(1, &n, nullptr), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+      if (chunked) {
+        H5Pset_chunk(dcpl, 1, &chunk);
+        H5Pset_deflate(dcpl, 4);
+      }
+      hid_t type = H5Tcopy(H5T_C_S1);
+      H5Tset_size(type, H5T_VARIABLE);
+      H5Tset_cset(type, H5T_CSET_UTF8);
+      hid_t d = H5Dcreate2(f, "names", type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+      std::vector<const char*> p;
+      for (const auto& w : want) p.push_back(w.c_str());
+      ASSERT_GE(H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.data()), 0);
+      H5Dclose(d);
+      H5Tclose(type);
+      H5Pclose(dcpl);
+      H5Sclose(space);
+      H5Fclose(f);
+      H5Pclose(fapl);
+      f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+      d = H5Dopen2(f, "names", H5P_DEFAULT);
+      const auto got = read_vlen_strings_direct(d);
+      ASSERT_TRUE(got.has_value());
+      EXPECT_EQ(*got, want);
+      H5Dclose(d);
+      H5Fclose(f);
+    }
+  fs::remove_all(dir);
 }
 
 TEST(ChunkIndex, BtreeEqualsHdf5ForEveryRealFile) {
