@@ -1,9 +1,8 @@
 #include "io/chunk_index.h"
 
-#include <unistd.h>
-
 #include <cstring>
 
+#include "io/file_bytes.h"
 #include "io/hdf5_util.h"
 
 namespace sctrain::io {
@@ -34,21 +33,13 @@ struct Bytes {
       ok = false;
       return 0;
     }
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; ++i) v |= static_cast<uint64_t>(b[at + i]) << (8 * i);
-    return v;
+    return read_le(b.data() + at, n);
   }
 };
 
 bool read_at(int fd, uint64_t at, size_t n, Bytes& out) {
   out.b.resize(n);
-  size_t done = 0;
-  while (done < n) {
-    const ssize_t got = ::pread(fd, out.b.data() + done, n - done, static_cast<off_t>(at + done));
-    if (got <= 0) return false;
-    done += static_cast<size_t>(got);
-  }
-  return true;
+  return pread_exact(fd, at, n, out.b.data());
 }
 
 std::optional<haddr_t> object_header_address(hid_t obj) {

@@ -18,6 +18,7 @@
 #include <unordered_map>
 
 #include "io/chunk_index.h"
+#include "io/file_bytes.h"
 #include "io/hdf5_util.h"
 #include "io/lzf_filter.h"
 
@@ -156,13 +157,8 @@ size_t inflate_zlib(const unsigned char* in, size_t n, unsigned char* out, size_
 }
 
 void pread_all(int fd, unsigned char* buf, size_t bytes, haddr_t at) {
-  while (bytes > 0) {
-    ssize_t got = ::pread(fd, buf, bytes, static_cast<off_t>(at));
-    if (got <= 0) throw std::runtime_error("short read at byte " + std::to_string(at) + " (truncated file?)");
-    buf += got;
-    bytes -= static_cast<size_t>(got);
-    at += static_cast<haddr_t>(got);
-  }
+  if (!pread_exact(fd, at, bytes, buf))
+    throw std::runtime_error("short read at byte " + std::to_string(at) + " (truncated file?)");
 }
 
 }  // namespace

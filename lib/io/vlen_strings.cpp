@@ -1,33 +1,16 @@
 #include "io/vlen_strings.h"
 
-#include <unistd.h>
-
 #include <cstring>
 #include <memory>
 #include <unordered_map>
 
+#include "io/file_bytes.h"
 #include "io/hdf5_util.h"
 #include "io/raw_dataset.h"
 
 namespace sctrain::io {
 
 namespace {
-
-uint64_t le(const unsigned char* p, size_t n) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < n; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
-  return v;
-}
-
-bool pread_exact(int fd, uint64_t at, size_t n, unsigned char* out) {
-  size_t done = 0;
-  while (done < n) {
-    const ssize_t got = ::pread(fd, out + done, n - done, static_cast<off_t>(at + done));
-    if (got <= 0) return false;
-    done += static_cast<size_t>(got);
-  }
-  return true;
-}
 
 // A global heap collection ("GCOL", version 1): its bytes and where each object's data lies.
 struct Collection {
@@ -36,12 +19,12 @@ struct Collection {
   bool load(int fd, uint64_t addr) {
     unsigned char head[16];
     if (!pread_exact(fd, addr, 16, head) || std::memcmp(head, "GCOL", 4) != 0 || head[4] != 1) return false;
-    const uint64_t size = le(head + 8, 8);
+    const uint64_t size = read_le(head + 8, 8);
     if (size < 16 || size > (uint64_t{1} << 32)) return false;
     bytes.resize(size);
     if (!pread_exact(fd, addr, size, bytes.data())) return false;
     for (uint64_t at = 16; at + 16 <= size;) {
-      const uint64_t index = le(bytes.data() + at, 2), obj = le(bytes.data() + at + 8, 8);
+      const uint64_t index = read_le(bytes.data() + at, 2), obj = read_le(bytes.data() + at + 8, 8);
       if (index == 0) break;  // free space: the rest of the collection
       const uint64_t data = at + 16;
       if (obj > size - data) return false;
@@ -81,7 +64,7 @@ std::optional<std::vector<std::string>> read_vlen_strings_direct(hid_t dset) {
   std::vector<std::string> out(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     const unsigned char* r = refs.data() + i * 16;
-    const uint64_t len = le(r, 4), addr = le(r + 4, 8), index = le(r + 12, 4);
+    const uint64_t len = read_le(r, 4), addr = read_le(r + 4, 8), index = read_le(r + 12, 4);
     if (len == 0) continue;  // "" (a null reference or an empty string)
     auto it = heaps.find(addr);
     if (it == heaps.end()) {

@@ -31,6 +31,15 @@ std::vector<std::string> h5ad_files() {
   return files;
 }
 
+// Calls visit(root, name, info, data) for every object of the file.
+void visit_objects(hid_t f, H5O_iterate_t visit, void* data) {
+#if H5_VERSION_GE(1, 12, 0)
+  H5Ovisit3(f, H5_INDEX_NAME, H5_ITER_NATIVE, visit, data, H5O_INFO_BASIC);
+#else
+  H5Ovisit2(f, H5_INDEX_NAME, H5_ITER_NATIVE, visit, data, H5O_INFO_BASIC);
+#endif
+}
+
 struct Visit {
   int fd;
   int from_btree = 0, by_api_only = 0, chunks = 0;
@@ -108,11 +117,7 @@ TEST(VlenStrings, DirectEqualsHdf5ForEveryRealFile) {
     hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
     ASSERT_GE(f, 0);
     StringVisit v;
-#if H5_VERSION_GE(1, 12, 0)
-    H5Ovisit3(f, H5_INDEX_NAME, H5_ITER_NATIVE, check_strings, &v, H5O_INFO_BASIC);
-#else
-    H5Ovisit2(f, H5_INDEX_NAME, H5_ITER_NATIVE, check_strings, &v, H5O_INFO_BASIC);
-#endif
+    visit_objects(f, check_strings, &v);
     H5Fclose(f);
     direct += v.direct;
     strings += v.strings;
@@ -175,11 +180,7 @@ TEST(ChunkIndex, BtreeEqualsHdf5ForEveryRealFile) {
     ASSERT_GE(f, 0);
     Visit v{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
     ASSERT_GE(v.fd, 0);
-#if H5_VERSION_GE(1, 12, 0)
-    H5Ovisit3(f, H5_INDEX_NAME, H5_ITER_NATIVE, check_dataset, &v, H5O_INFO_BASIC);
-#else
-    H5Ovisit2(f, H5_INDEX_NAME, H5_ITER_NATIVE, check_dataset, &v, H5O_INFO_BASIC);
-#endif
+    visit_objects(f, check_dataset, &v);
     ::close(v.fd);
     H5Fclose(f);
     from_btree += v.from_btree;
