@@ -35,20 +35,26 @@ void mask_cell(int32_t* tokens, int32_t* labels, int32_t n, int32_t vocab_size, 
   int32_t k = static_cast<int32_t>(std::llround(cfg.mask_prob * genes));
   k = std::clamp(k, 1, genes);
   HashStream rng(hash_keys(seed, static_cast<uint64_t>(epoch), static_cast<uint64_t>(cell_id), 0x3a5cULL));
-  thread_local std::vector<int32_t> pos;
-  pos.resize(genes);
-  std::iota(pos.begin(), pos.end(), 1);
+  // k distinct genes by Floyd's sampling (one draw each, a bitmap of the chosen), then what
+  // each becomes from one more draw: its top 32 bits choose MASK / random / kept, its low 32
+  // bits the random gene.
+  thread_local std::vector<uint64_t> chosen;
+  chosen.assign(static_cast<size_t>(genes) / 64 + 1, 0);
   const int32_t n_genes_vocab = vocab_size - kNumSpecial;
-  for (int32_t i = 0; i < k; ++i) {
-    int32_t j = i + static_cast<int32_t>(rng.below(genes - i));  // partial Fisher-Yates
-    std::swap(pos[i], pos[j]);
-    const int32_t p = pos[i];
+  const uint64_t to_mask = static_cast<uint64_t>(cfg.mask_token * 4294967296.0);
+  const uint64_t to_random = static_cast<uint64_t>((cfg.mask_token + cfg.mask_random) * 4294967296.0);
+  for (int32_t j = genes - k; j < genes; ++j) {
+    int32_t t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(j) + 1));
+    if (chosen[t >> 6] >> (t & 63) & 1) t = j;
+    chosen[t >> 6] |= uint64_t{1} << (t & 63);
+    const int32_t p = 1 + t;
     labels[p] = tokens[p];
-    double u = rng.uniform();
-    if (u < cfg.mask_token)
-      tokens[p] = kMask;
-    else if (u < cfg.mask_token + cfg.mask_random && n_genes_vocab > 0)
-      tokens[p] = kNumSpecial + static_cast<int32_t>(rng.below(n_genes_vocab));
+    const uint64_t r = rng.next(), u = r >> 32;
+    const int32_t random_gene =
+        n_genes_vocab > 0 ? kNumSpecial + static_cast<int32_t>(((r & 0xffffffffULL) * static_cast<uint64_t>(n_genes_vocab)) >> 32)
+                          : tokens[p];
+    const int32_t other = u < to_random ? random_gene : tokens[p];  // no branch on a random draw
+    tokens[p] = u < to_mask ? kMask : other;
   }
 }
 
