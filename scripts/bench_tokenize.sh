@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Data pipeline benchmark: h5ad -> rank tokens -> padded, masked batches of 32, one epoch,
-# timed inside each program (process start and imports excluded), best of REPEATS runs.
+# timed inside each program (process start and imports excluded); the two take turns, REPEATS
+# runs each; prints the best and the median of each and their ratios.
 #   ours:   sctrain prepare --data FILE --time-batches --json
 #   Python: scripts/tokenize_baseline.py FILE --batches --json   (anndata + numpy)
 # Both map genes through data/genes/human_genes.tsv, compute medians over the file, rank,
@@ -24,30 +25,33 @@ BATCH=${BATCH:-32}
 REPEATS=${REPEATS:-3}
 [[ -x "$SCTRAIN" ]] || { echo "no $SCTRAIN: build it (cmake --build build --target sctrain) or set SCTRAIN" >&2; exit 1; }
 
-best_of() {  # best_of CMD...: prints the fastest run's JSON line
-  local best="" s out line=""
-  for _ in $(seq "$REPEATS"); do
-    out=$("$@" 2>/dev/null | tail -1)
-    s=$(echo "$out" | "$PYTHON" -c 'import json,sys; d=json.load(sys.stdin); print(d.get("time_batches", d)["seconds_total" if "time_batches" in d else "seconds"])')
-    if [[ -z "$best" ]] || "$PYTHON" -c "import sys; sys.exit(0 if $s < $best else 1)"; then best=$s; line=$out; fi
-  done
-  echo "$line"
-}
-
-echo "file: $FILE   max_len: $MAX_LEN   batch: $BATCH   best of $REPEATS   cores: $(nproc)"
-OURS=$(best_of "$SCTRAIN" --log-level warn prepare --data "$FILE" --max-len "$MAX_LEN" --batch-size "$BATCH" \
-       --time-batches --json)
-PY=$(best_of "$PYTHON" scripts/tokenize_baseline.py "$FILE" --max-len "$MAX_LEN" --batch-size "$BATCH" --batches --json)
-"$PYTHON" - "$OURS" "$PY" <<'PYEOF'
-import json, sys
-o, p = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-t = o["time_batches"]
-rows = [("sctrain (C++)", o["n_cells"], t["tokens"], t["seconds_total"]),
-        ("Python baseline", p["n_cells"], p["tokens_total"], p["seconds"])]
-print(f"{'pipeline':<16} {'cells':>7} {'tokens':>10} {'seconds':>8} {'cells/s':>10} {'tokens/s':>12}")
-for name, c, k, s in rows:
-    print(f"{name:<16} {c:>7} {k:>10} {s:>8.3f} {c / s:>10.0f} {k / s:>12.0f}")
+# Ours and Python take turns, REPEATS times each, so that both meet the same machine (on a shared
+# VM its speed drifts by 10-20% over minutes); each run's JSON line goes to a temp file.
+runs=$(mktemp)
+trap 'rm -f "$runs"' EXIT
+echo "file: $FILE   max_len: $MAX_LEN   batch: $BATCH   $REPEATS turns each   cores: $(nproc)"
+for _ in $(seq "$REPEATS"); do
+  echo "ours $("$SCTRAIN" --log-level warn prepare --data "$FILE" --max-len "$MAX_LEN" --batch-size "$BATCH" \
+       --time-batches --json 2>/dev/null | tail -1)" >>"$runs"
+  echo "python $("$PYTHON" scripts/tokenize_baseline.py "$FILE" --max-len "$MAX_LEN" --batch-size "$BATCH" --batches \
+       --json 2>/dev/null | tail -1)" >>"$runs"
+done
+"$PYTHON" - "$runs" <<'PYEOF'
+import json, statistics, sys
+ours, py = [], []
+for line in open(sys.argv[1]):
+    who, _, text = line.partition(" ")
+    (ours if who == "ours" else py).append(json.loads(text))
+secs_o = [o["time_batches"]["seconds_total"] for o in ours]
+secs_p = [p["seconds"] for p in py]
+o, p = ours[secs_o.index(min(secs_o))], py[secs_p.index(min(secs_p))]
+rows = [("sctrain (C++)", o["n_cells"], o["time_batches"]["tokens"], min(secs_o), statistics.median(secs_o)),
+        ("Python baseline", p["n_cells"], p["tokens_total"], min(secs_p), statistics.median(secs_p))]
+print(f"{'pipeline':<16} {'cells':>7} {'tokens':>10} {'best s':>8} {'median s':>9} {'cells/s':>10} {'tokens/s':>12}")
+for name, c, k, s, m in rows:
+    print(f"{name:<16} {c:>7} {k:>10} {s:>8.3f} {m:>9.3f} {c / s:>10.0f} {k / s:>12.0f}")
 if rows[0][1] != rows[1][1] or rows[0][2] != rows[1][2]:
     print("WARNING: the two pipelines disagree on cells or tokens")
-print(f"speed-up: {rows[1][3] / rows[0][3]:.1f}x  (ours {rows[0][2] / rows[0][3] / 1e6:.2f} M tokens/s)")
+print(f"speed-up: {rows[1][3] / rows[0][3]:.1f}x best of {len(secs_o)}, {rows[1][4] / rows[0][4]:.1f}x median"
+      f"  (ours {rows[0][2] / rows[0][3] / 1e6:.2f} M tokens/s)")
 PYEOF
