@@ -472,11 +472,20 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
   log::debug(str("prepare: genes mapped at ", phase.seconds(), " s"));
   // 2. The vocabulary: sorted canonical names of all sources (unless given).
   if (!fixed_vocab) {
-    std::set<std::string> all;
-    for (const auto& names : canon) all.insert(names.begin(), names.end());
-    for (int32_t i = 0; i < kNumSpecial; ++i) all.erase(Vocabulary::special_name(i));
-    c.vocab = Vocabulary::from_genes(std::vector<std::string>(all.begin(), all.end()));
+    std::vector<std::string_view> all;  // sorted and unique: a vector, not a std::set (13.7k names: 5 -> 1 ms)
+    for (const auto& names : canon) all.insert(all.end(), names.begin(), names.end());
+    std::sort(all.begin(), all.end());
+    all.erase(std::unique(all.begin(), all.end()), all.end());
+    std::vector<std::string> genes;
+    genes.reserve(all.size());
+    for (std::string_view n : all) {
+      bool special = false;
+      for (int32_t i = 0; i < kNumSpecial; ++i) special |= n == Vocabulary::special_name(i);
+      if (!special) genes.emplace_back(n);
+    }
+    c.vocab = Vocabulary::from_genes(genes);
   }
+  log::debug(str("prepare: vocabulary at ", phase.seconds(), " s"));
   for (size_t s = 0; s < c.sources.size(); ++s) {
     SourceInfo& si = c.sources[s];
     si.column_token.resize(si.n_genes);
@@ -509,6 +518,7 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
 
   // 3. Read, map and sum each cell's genes (kept for the medians and, with keep_rows, for a
   //    loader in this process).
+  log::debug(str("prepare: columns mapped at ", phase.seconds(), " s"));
   gatherer.run();
   const std::shared_ptr<const GatheredCells> gathered = gatherer.cells;
   c.stats = gatherer.stats;

@@ -22,6 +22,8 @@ Vocabulary::Vocabulary() {
 
 Vocabulary Vocabulary::from_genes(const std::vector<std::string>& genes) {
   Vocabulary v;
+  v.ids_.reserve(genes.size() + kNumSpecial);
+  v.names_.reserve(genes.size() + kNumSpecial);
   for (const auto& g : genes) {
     if (g.empty()) throw std::invalid_argument("vocabulary: empty gene name");
     if (!v.ids_.emplace(g, v.size()).second)
