@@ -138,7 +138,17 @@ std::optional<ChunkIndex> chunk_index_from_btree(hid_t dset, int fd, int64_t chu
   ix.mask.assign(static_cast<size_t>(n_chunks), 0);
   int64_t found = 0;
   if (*root != HADDR_UNDEF && !walk_btree(fd, *root, 0, chunk_len, ix, found)) return std::nullopt;
-  // HDF5 must agree on the first and the last chunk (addresses relative to the same base).
+  // HDF5 must agree on how many chunks are written (none skipped) and on the first and the
+  // last chunk (addresses relative to the same base).
+  {
+    h5::Handle space(H5Dget_space(dset));
+    hsize_t written = 0;
+    if (H5Dget_num_chunks(dset, space.get(), &written) < 0) {
+      h5::last_error();
+      return std::nullopt;
+    }
+    if (static_cast<int64_t>(written) != found) return std::nullopt;
+  }
   for (const int64_t c : {int64_t{0}, n_chunks - 1}) {
     hsize_t offset = static_cast<hsize_t>(c * chunk_len), bytes = 0;
     haddr_t addr = HADDR_UNDEF;
