@@ -66,7 +66,7 @@ std::optional<uint64_t> layout_btree_address(int fd, haddr_t header, int64_t chu
   std::vector<std::pair<uint64_t, uint64_t>> blocks{{header + 16, h.u(8, 4)}};
   for (size_t k = 0; k < blocks.size() && k < 64 && messages_left > 0; ++k) {
     Bytes m;
-    if (!read_at(fd, blocks[k].first, blocks[k].second, m)) return std::nullopt;
+    if (blocks[k].second > (uint64_t{1} << 20) || !read_at(fd, blocks[k].first, blocks[k].second, m)) return std::nullopt;
     for (size_t at = 0; at + 8 <= m.b.size() && messages_left > 0; --messages_left) {
       const uint64_t type = m.u(at, 2), size = m.u(at + 2, 2);
       const size_t data = at + 8;
