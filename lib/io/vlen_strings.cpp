@@ -73,7 +73,8 @@ std::optional<std::vector<std::string>> read_vlen_strings_direct(hid_t dset) {
     }
     const Collection& c = it->second;
     if (index >= c.objects.size() || c.objects[index].second < len) return std::nullopt;
-    out[i].assign(reinterpret_cast<const char*>(c.bytes.data() + c.objects[index].first), len);
+    const char* text = reinterpret_cast<const char*>(c.bytes.data() + c.objects[index].first);
+    out[i].assign(text, strnlen(text, len));  // up to a NUL, as HDF5's C strings read
   }
   return out;
 }
