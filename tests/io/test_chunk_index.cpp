@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -31,82 +32,30 @@ std::vector<std::string> h5ad_files() {
   return files;
 }
 
-// Calls visit(root, name, info, data) for every object of the file.
-void visit_objects(hid_t f, H5O_iterate_t visit, void* data) {
+// fn(dataset, name, fd) for every dataset of the file at path (fd: the file opened for pread).
+void for_each_dataset(const std::string& path, const std::function<void(hid_t, const char*, int)>& fn) {
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  struct Visit {
+    const std::function<void(hid_t, const char*, int)>* fn;
+    int fd;
+  } v{&fn, ::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  ASSERT_GE(v.fd, 0);
+  auto each = [](hid_t root, const char* name, const H5O_info_t* info, void* data) -> herr_t {
+    if (info->type != H5O_TYPE_DATASET) return 0;
+    const Visit& v = *static_cast<const Visit*>(data);
+    hid_t d = H5Dopen2(root, name, H5P_DEFAULT);
+    (*v.fn)(d, name, v.fd);
+    H5Dclose(d);
+    return 0;
+  };
 #if H5_VERSION_GE(1, 12, 0)
-  H5Ovisit3(f, H5_INDEX_NAME, H5_ITER_NATIVE, visit, data, H5O_INFO_BASIC);
+  H5Ovisit3(f, H5_INDEX_NAME, H5_ITER_NATIVE, each, &v, H5O_INFO_BASIC);
 #else
-  H5Ovisit2(f, H5_INDEX_NAME, H5_ITER_NATIVE, visit, data, H5O_INFO_BASIC);
+  H5Ovisit2(f, H5_INDEX_NAME, H5_ITER_NATIVE, each, &v, H5O_INFO_BASIC);
 #endif
-}
-
-struct Visit {
-  int fd;
-  int from_btree = 0, by_api_only = 0, chunks = 0;
-};
-
-herr_t check_dataset(hid_t root, const char* name, const H5O_info_t* info, void* data) {
-  if (info->type != H5O_TYPE_DATASET) return 0;
-  Visit& v = *static_cast<Visit*>(data);
-  hid_t d = H5Dopen2(root, name, H5P_DEFAULT);
-  hid_t space = H5Dget_space(d), dcpl = H5Dget_create_plist(d);
-  hsize_t n = 0, chunk = 0;
-  if (H5Sget_simple_extent_ndims(space) == 1 && H5Pget_layout(dcpl) == H5D_CHUNKED && H5Pget_chunk(dcpl, 1, &chunk) == 1) {
-    H5Sget_simple_extent_dims(space, &n, nullptr);
-    const int64_t n_chunks = static_cast<int64_t>((n + chunk - 1) / chunk);
-    SCOPED_TRACE(name);
-    const auto api = chunk_index_by_api(d, static_cast<int64_t>(chunk), n_chunks);
-    EXPECT_TRUE(api.has_value());
-    const auto tree = chunk_index_from_btree(d, v.fd, static_cast<int64_t>(chunk), n_chunks);
-    if (tree && api && n_chunks > 0) {
-      ++v.from_btree;
-      v.chunks += static_cast<int>(n_chunks);
-      EXPECT_EQ(tree->addr, api->addr);
-      EXPECT_EQ(tree->bytes, api->bytes);
-      EXPECT_EQ(tree->mask, api->mask);
-    } else {
-      ++v.by_api_only;
-    }
-  }
-  H5Pclose(dcpl);
-  H5Sclose(space);
-  H5Dclose(d);
-  return 0;
-}
-
-struct StringVisit {
-  int direct = 0, strings = 0, fallback = 0;
-};
-
-herr_t check_strings(hid_t root, const char* name, const H5O_info_t* info, void* data) {
-  if (info->type != H5O_TYPE_DATASET) return 0;
-  StringVisit& v = *static_cast<StringVisit*>(data);
-  hid_t d = H5Dopen2(root, name, H5P_DEFAULT);
-  hid_t type = H5Dget_type(d), space = H5Dget_space(d);
-  if (H5Tget_class(type) == H5T_STRING && H5Tis_variable_str(type) > 0 && H5Sget_simple_extent_ndims(space) == 1) {
-    SCOPED_TRACE(name);
-    const hssize_t n = H5Sget_simple_extent_npoints(space);
-    hid_t mt = H5Tcopy(H5T_C_S1);
-    H5Tset_size(mt, H5T_VARIABLE);
-    H5Tset_cset(mt, H5Tget_cset(type));
-    std::vector<char*> p(static_cast<size_t>(n), nullptr);
-    EXPECT_GE(H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.data()), 0);
-    const auto direct = read_vlen_strings_direct(d);
-    if (direct) {
-      ++v.direct;
-      v.strings += static_cast<int>(n);
-      EXPECT_EQ(direct->size(), static_cast<size_t>(n));
-      for (hssize_t i = 0; i < n && i < static_cast<hssize_t>(direct->size()); ++i) EXPECT_EQ((*direct)[i], p[i] ? std::string(p[i]) : std::string()) << i;
-    } else {
-      ++v.fallback;
-    }
-    H5Dvlen_reclaim(mt, space, H5P_DEFAULT, p.data());
-    H5Tclose(mt);
-  }
-  H5Sclose(space);
-  H5Tclose(type);
-  H5Dclose(d);
-  return 0;
+  ::close(v.fd);
+  H5Fclose(f);
 }
 
 TEST(VlenStrings, DirectEqualsHdf5ForEveryRealFile) {
@@ -114,15 +63,37 @@ TEST(VlenStrings, DirectEqualsHdf5ForEveryRealFile) {
   int direct = 0, strings = 0;
   for (const std::string& path : h5ad_files()) {
     SCOPED_TRACE(path);
-    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-    ASSERT_GE(f, 0);
-    StringVisit v;
-    visit_objects(f, check_strings, &v);
-    H5Fclose(f);
-    direct += v.direct;
-    strings += v.strings;
+    int read_directly = 0, fallback = 0, n_strings = 0;
+    for_each_dataset(path, [&](hid_t d, const char* name, int) {
+      hid_t type = H5Dget_type(d), space = H5Dget_space(d);
+      if (H5Tget_class(type) == H5T_STRING && H5Tis_variable_str(type) > 0 && H5Sget_simple_extent_ndims(space) == 1) {
+        SCOPED_TRACE(name);
+        const hssize_t n = H5Sget_simple_extent_npoints(space);
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, H5T_VARIABLE);
+        H5Tset_cset(mt, H5Tget_cset(type));
+        std::vector<char*> p(static_cast<size_t>(n), nullptr);
+        EXPECT_GE(H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.data()), 0);
+        const auto got = read_vlen_strings_direct(d);
+        if (got) {
+          ++read_directly;
+          n_strings += static_cast<int>(n);
+          EXPECT_EQ(got->size(), static_cast<size_t>(n));
+          for (hssize_t i = 0; i < n && i < static_cast<hssize_t>(got->size()); ++i)
+            EXPECT_EQ((*got)[i], p[i] ? std::string(p[i]) : std::string()) << i;
+        } else {
+          ++fallback;
+        }
+        H5Dvlen_reclaim(mt, space, H5P_DEFAULT, p.data());
+        H5Tclose(mt);
+      }
+      H5Sclose(space);
+      H5Tclose(type);
+    });
+    direct += read_directly;
+    strings += n_strings;
     std::printf("%s: %d string datasets read directly (%d strings), %d through HDF5\n", fs::path(path).filename().c_str(),
-                v.direct, v.strings, v.fallback);
+                read_directly, n_strings, fallback);
   }
   EXPECT_GT(direct, 10);
   EXPECT_GT(strings, 10000);
@@ -176,17 +147,34 @@ TEST(ChunkIndex, BtreeEqualsHdf5ForEveryRealFile) {
   int from_btree = 0, chunks = 0;
   for (const std::string& path : h5ad_files()) {
     SCOPED_TRACE(path);
-    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-    ASSERT_GE(f, 0);
-    Visit v{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-    ASSERT_GE(v.fd, 0);
-    visit_objects(f, check_dataset, &v);
-    ::close(v.fd);
-    H5Fclose(f);
-    from_btree += v.from_btree;
-    chunks += v.chunks;
+    int tree_datasets = 0, api_only = 0, tree_chunks = 0;
+    for_each_dataset(path, [&](hid_t d, const char* name, int fd) {
+      hid_t space = H5Dget_space(d), dcpl = H5Dget_create_plist(d);
+      hsize_t n = 0, chunk = 0;
+      if (H5Sget_simple_extent_ndims(space) == 1 && H5Pget_layout(dcpl) == H5D_CHUNKED && H5Pget_chunk(dcpl, 1, &chunk) == 1) {
+        H5Sget_simple_extent_dims(space, &n, nullptr);
+        const int64_t n_chunks = static_cast<int64_t>((n + chunk - 1) / chunk);
+        SCOPED_TRACE(name);
+        const auto api = chunk_index_by_api(d, static_cast<int64_t>(chunk), n_chunks);
+        EXPECT_TRUE(api.has_value());
+        const auto tree = chunk_index_from_btree(d, fd, static_cast<int64_t>(chunk), n_chunks);
+        if (tree && api && n_chunks > 0) {
+          ++tree_datasets;
+          tree_chunks += static_cast<int>(n_chunks);
+          EXPECT_EQ(tree->addr, api->addr);
+          EXPECT_EQ(tree->bytes, api->bytes);
+          EXPECT_EQ(tree->mask, api->mask);
+        } else {
+          ++api_only;
+        }
+      }
+      H5Pclose(dcpl);
+      H5Sclose(space);
+    });
+    from_btree += tree_datasets;
+    chunks += tree_chunks;
     std::printf("%s: %d chunked datasets from the B-tree (%d chunks), %d through HDF5 only\n",
-                fs::path(path).filename().c_str(), v.from_btree, v.chunks, v.by_api_only);
+                fs::path(path).filename().c_str(), tree_datasets, tree_chunks, api_only);
   }
   // pbmc3k_seurat (h5py's default layout, gzip chunks) is read from its B-tree.
   EXPECT_GT(from_btree, 0);
