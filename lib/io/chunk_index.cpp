@@ -7,11 +7,18 @@
 
 namespace sctrain::io {
 
+bool plain_file_addresses(hid_t obj) {
+  h5::Handle file(H5Iget_file_id(obj));
+  h5::Handle fcpl(H5Fget_create_plist(file.get()));
+  size_t sizeof_addr = 0, sizeof_size = 0;
+  hsize_t userblock = 1;
+  if (H5Pget_sizes(fcpl.get(), &sizeof_addr, &sizeof_size) < 0 || H5Pget_userblock(fcpl.get(), &userblock) < 0)
+    return false;
+  return sizeof_addr == 8 && sizeof_size == 8 && userblock == 0;
+}
+
 std::optional<ChunkIndex> chunk_index_by_api(hid_t dset, int64_t chunk_len, int64_t n_chunks) {
-  ChunkIndex ix;
-  ix.addr.assign(static_cast<size_t>(n_chunks), HADDR_UNDEF);
-  ix.bytes.assign(static_cast<size_t>(n_chunks), 0);
-  ix.mask.assign(static_cast<size_t>(n_chunks), 0);
+  ChunkIndex ix(n_chunks);
   for (int64_t c = 0; c < n_chunks; ++c) {
     hsize_t offset = static_cast<hsize_t>(c * chunk_len);
     if (H5Dget_chunk_info_by_coord(dset, &offset, &ix.mask[c], &ix.addr[c], &ix.bytes[c]) < 0) {
@@ -118,24 +125,12 @@ bool walk_btree(int fd, uint64_t node, int depth, int64_t chunk_len, ChunkIndex&
 }  // namespace
 
 std::optional<ChunkIndex> chunk_index_from_btree(hid_t dset, int fd, int64_t chunk_len, int64_t n_chunks) {
-  if (chunk_len <= 0 || n_chunks <= 0) return std::nullopt;
-  {
-    h5::Handle file(H5Iget_file_id(dset));
-    h5::Handle fcpl(H5Fget_create_plist(file.get()));
-    size_t sizeof_addr = 0, sizeof_size = 0;
-    hsize_t userblock = 1;
-    if (H5Pget_sizes(fcpl.get(), &sizeof_addr, &sizeof_size) < 0 || H5Pget_userblock(fcpl.get(), &userblock) < 0)
-      return std::nullopt;
-    if (sizeof_addr != 8 || sizeof_size != 8 || userblock != 0) return std::nullopt;
-  }
+  if (chunk_len <= 0 || n_chunks <= 0 || !plain_file_addresses(dset)) return std::nullopt;
   const std::optional<haddr_t> header = object_header_address(dset);
   if (!header) return std::nullopt;
   const std::optional<uint64_t> root = layout_btree_address(fd, *header, chunk_len);
   if (!root) return std::nullopt;
-  ChunkIndex ix;
-  ix.addr.assign(static_cast<size_t>(n_chunks), HADDR_UNDEF);
-  ix.bytes.assign(static_cast<size_t>(n_chunks), 0);
-  ix.mask.assign(static_cast<size_t>(n_chunks), 0);
+  ChunkIndex ix(n_chunks);
   int64_t found = 0;
   if (*root != HADDR_UNDEF && !walk_btree(fd, *root, 0, chunk_len, ix, found)) return std::nullopt;
   // HDF5 must agree on how many chunks are written (none skipped) and on the first and the

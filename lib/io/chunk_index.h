@@ -14,10 +14,17 @@
 namespace sctrain::io {
 
 struct ChunkIndex {
+  explicit ChunkIndex(int64_t n_chunks)  // every chunk unwritten
+      : addr(static_cast<size_t>(n_chunks), HADDR_UNDEF), bytes(static_cast<size_t>(n_chunks), 0),
+        mask(static_cast<size_t>(n_chunks), 0) {}
   std::vector<haddr_t> addr;   // HADDR_UNDEF: never written (reads as the fill value 0)
   std::vector<hsize_t> bytes;  // stored (filtered) size
   std::vector<unsigned> mask;  // bit i set: filter i skipped for this chunk
 };
+
+// Whether the file of obj holds what the direct parsers (chunk_index, vlen_strings) assume:
+// 8-byte addresses and lengths, and no user block (file offsets = HDF5 addresses).
+bool plain_file_addresses(hid_t obj);
 
 // Through HDF5, one call per chunk. nullopt on an HDF5 error.
 std::optional<ChunkIndex> chunk_index_by_api(hid_t dset, int64_t chunk_len, int64_t n_chunks);

@@ -70,11 +70,7 @@ std::optional<RawDataset> RawDataset::probe(hid_t dset, std::shared_ptr<const in
   H5T_class_t cls = H5Tget_class(type.get());
   if (vlen_strings) {
     // Stored as 16-byte references: length (4), global heap collection address (8), object index (4).
-    if (cls != H5T_STRING || H5Tis_variable_str(type.get()) <= 0) return std::nullopt;
-    Handle file(H5Iget_file_id(dset));
-    Handle fcpl(H5Fget_create_plist(file.get()));
-    size_t sizeof_addr = 0, sizeof_size = 0;
-    if (H5Pget_sizes(fcpl.get(), &sizeof_addr, &sizeof_size) < 0 || sizeof_addr != 8) return std::nullopt;
+    if (cls != H5T_STRING || H5Tis_variable_str(type.get()) <= 0 || !plain_file_addresses(dset)) return std::nullopt;
     r.kind_ = Kind::Bytes;
   } else if (cls == H5T_FLOAT) {
     r.kind_ = Kind::Float;

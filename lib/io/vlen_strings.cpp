@@ -45,12 +45,8 @@ std::optional<std::vector<std::string>> read_vlen_strings_direct(hid_t dset) {
   int* handle = nullptr;
   if (H5Fget_vfd_handle(file.get(), fapl.get(), reinterpret_cast<void**>(&handle)) < 0 || !handle) return std::nullopt;
   const int fd = *handle;
-  {
-    h5::Handle fcpl(H5Fget_create_plist(file.get()));
-    hsize_t userblock = 1;
-    if (H5Pget_userblock(fcpl.get(), &userblock) < 0 || userblock != 0) return std::nullopt;
-  }
-  // Not owned: HDF5 closes its file descriptor.
+  // Not owned: HDF5 closes its file descriptor. probe checks the file's addresses (8 bytes, no
+  // user block), as the references and heap collections below assume.
   const std::optional<RawDataset> raw = RawDataset::probe(dset, std::shared_ptr<const int>(handle, [](const int*) {}), true);
   if (!raw) return std::nullopt;
   const int64_t n = raw->size();
