@@ -307,8 +307,9 @@ TEST(PrepareFiles, LoaderOnARealFileShardsBudgetsResume) {
   }
 }
 
-// The medians (sampled brackets, radix select) equal a plain computation: every normalised value
-// of a gene sorted, numpy's median of them. PBMC 3k has 300+ genes of >= 1024 values.
+// The medians (counts per gene and bucket, the middle buckets' values selected from) equal a plain
+// computation: every normalised value of a gene sorted, numpy's median of them. PBMC 3k has 300+
+// genes of >= 1024 values. Other thread counts split the cells and genes differently: same medians.
 TEST(PrepareFiles, MediansEqualAPlainComputation) {
   std::vector<std::string> files = {project_data("pbmc3k_seurat.h5ad")};
   if (std::string kang = sctrain::testing::shared_data("kang_pbmc_ctrl.h5ad"); !kang.empty()) files.push_back(kang);
@@ -329,5 +330,10 @@ TEST(PrepareFiles, MediansEqualAPlainComputation) {
       large += n >= 1024;
     }
     EXPECT_GT(large, 300) << f;
+    for (int threads : {1, 3}) {
+      PrepareOptions o = prepare_options({f}, false);
+      o.threads = threads;
+      EXPECT_EQ(prepare_corpus(o).gene_medians, c.gene_medians) << f << ", " << threads << " threads";
+    }
   }
 }
