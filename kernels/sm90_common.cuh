@@ -77,6 +77,15 @@ __device__ __forceinline__ void mma_ss_tt(float (&d)[N / 2], uint64_t da, uint64
   }
 }
 
+// Stores four 8x8 b16 matrices (one instruction per warp): lane i gives the shared address of row i % 8
+// of matrix i / 8; register j holds this thread's pair of matrix j in the mma fragment layout (row
+// lane / 4, columns 2 (lane % 4) and + 1).
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
+
 // Adds an accumulator tile (m64 x 8n, wgmma layout) of 64 rows x 8n columns to fp32 global memory
 // with 8-byte atomics straight from the accumulator pairs (same-run A/B against 16-byte atomics fed by
 // lane shuffles: +2-8% backward at d64, +0-5% at d128; the shuffled data's registers serialized them).

@@ -204,6 +204,23 @@ TEST(SigmoidAttentionGpu, LongerSequences) {
   run_case({2, 1000, 2, 64, torch::kHalf, {513, 1000}}, 8);
 }
 
+// Many more query tiles than SMs (several waves of blocks), lengths of every kind with NaN in the
+// padding, and a batch of 300 short sequences.
+TEST(SigmoidAttentionGpu, ManyTilesAndSequences) {
+  REQUIRE_GPU();
+  std::mt19937 rng(77);
+  for (int d : {128, 64}) {
+    Case c{12, 700, 16, d, torch::kBFloat16, {700, 0, 1, 129}};
+    while (static_cast<int>(c.lens.size()) < c.B) c.lens.push_back(static_cast<int>(rng() % 701));
+    c.nan_padding = true;
+    SCOPED_TRACE("d" + std::to_string(d));
+    run_case(c, 31);
+  }
+  Case many{300, 130, 1, 128, torch::kHalf, {}};
+  for (int b = 0; b < many.B; ++b) many.lens.push_back(static_cast<int>(rng() % 131));
+  run_case(many, 32);
+}
+
 TEST(SigmoidAttentionCpu, FallsBackToReference) {
   torch::manual_seed(0);
   auto q = torch::randn({2, 9, 2, 64}, torch::kFloat).requires_grad_();
