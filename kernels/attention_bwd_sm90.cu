@@ -141,8 +141,12 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
         phase ^= 1u << st;
       }
       if (it == 0 && kv_full) mbar_wait(bar0 + 8 * NS, 0);
-      fence_proxy_async();
-      __syncthreads();
+      // A stage that came by TMA is ready for each thread once its barrier completes; the block waits
+      // together only for cp.async tiles, which each thread loaded a part of (same-run A/B: +1-5%).
+      if (!q_full(i) || (it == 0 && !kv_full)) {
+        fence_proxy_async();
+        __syncthreads();
+      }
       const T* cQ = sQ + st * BR * D;
       const T* cdO = sdO + st * BR * D;
 
@@ -180,7 +184,7 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
         for (int e = 0; e < 4; ++e) {
           const float pe = s[4 * n + e];
           pv[e] = pe;
-          dsv[e] = p.scale * dp[4 * n + e] * pe * (1.f - pe);
+          dsv[e] = p.scale * dp[4 * n + e] * pe * (1.f - pe);  // (pe - pe * pe by one FMA measured -1-4%)
         }
         pf[n / 2][(n & 1) * 2 + 0] = Traits<T>::pack(pv[0], pv[1]);
         pf[n / 2][(n & 1) * 2 + 1] = Traits<T>::pack(pv[2], pv[3]);
