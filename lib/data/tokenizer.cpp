@@ -209,28 +209,44 @@ void order_genes(const uint64_t* key, const int32_t* token, int64_t n, std::vect
   tmp.resize(n);
   uint64_t* src = a.data();
   uint64_t* dst = tmp.data();
+  uint32_t start[2][256];  // both digits' bucket starts in one loop: two independent chains of sums
+  uint32_t sum0 = 0, sum1 = 0;
+  for (int b = 0; b < 256; ++b) {
+    start[0][b] = sum0, sum0 += count[0][b];
+    start[1][b] = sum1, sum1 += count[1][b];
+  }
   for (int d = 0; d < 2; ++d) {
     const int bits = 32 + 8 * d;
-    const uint32_t* c = count[d];
-    if (c[(src[0] >> bits) & 255] == static_cast<uint32_t>(n)) continue;  // one bucket: nothing moves
-    uint32_t start[256];
-    uint32_t sum = 0;
-    for (int b = 0; b < 256; ++b) start[b] = sum, sum += c[b];
-    for (int64_t i = 0; i < n; ++i) dst[start[(src[i] >> bits) & 255]++] = src[i];
+    if (count[d][(src[0] >> bits) & 255] == static_cast<uint32_t>(n)) continue;  // one bucket: nothing moves
+    uint32_t* st = start[d];
+    for (int64_t i = 0; i < n; ++i) dst[st[(src[i] >> bits) & 255]++] = src[i];
     std::swap(src, dst);
   }
   if (src != a.data()) std::copy(src, src + n, a.data());
   // Sorted by prefix, which orders like the key: only genes sharing a prefix can be out of
-  // order, so one insertion pass (about one comparison a gene) finishes the job, unless long
-  // runs of equal scores make it quadratic: then a plain sort.
+  // order, so one insertion pass finishes the job, unless long runs of equal scores make it
+  // quadratic: then a plain sort. Which genes share their prefix with the one before is found
+  // first for all (a loop without branches: 10-20% of genes do, too many for the branch
+  // predictor), then only those are inserted. Insertion moves genes within a run of one prefix
+  // only, so the marks stay true.
+  thread_local std::vector<uint8_t> same;
+  same.resize(n + 8);
+  same[0] = 0;
+  for (int64_t k = 1; k < n; ++k) same[k] = (a[k] >> 32) == (a[k - 1] >> 32);
+  std::memset(same.data() + n, 0, 8);
   int64_t moves = 0;
-  for (int64_t k = 1; k < n && moves <= 16 * n; ++k) {
-    const uint64_t x = a[k];
-    if ((x >> 32) != (a[k - 1] >> 32)) continue;  // a larger prefix than all before it: in place
-    int64_t m = k;
-    for (; m > 0 && before(x, a[m - 1]); --m) a[m] = a[m - 1];
-    a[m] = x;
-    moves += k - m;
+  for (int64_t w = 0; w < n && moves <= 16 * n; w += 8) {
+    uint64_t marks;
+    std::memcpy(&marks, same.data() + w, 8);
+    while (marks) {
+      const int64_t k = w + (std::countr_zero(marks) >> 3);
+      marks &= marks - 1;
+      const uint64_t x = a[k];
+      int64_t m = k;
+      for (; m > 0 && before(x, a[m - 1]); --m) a[m] = a[m - 1];
+      a[m] = x;
+      moves += k - m;
+    }
   }
   if (moves > 16 * n) std::sort(a.begin(), a.end(), before);
 }
