@@ -1,6 +1,7 @@
 #include "data/gene_table.h"
 
 #include <algorithm>
+#include <bit>
 #include <filesystem>
 #include <stdexcept>
 #include <cstring>
@@ -9,6 +10,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "util/log.h"
 
@@ -24,6 +28,24 @@ void split_into(std::string_view s, char sep, std::vector<std::string_view>& out
     if (p == std::string_view::npos) break;
     start = p + 1;
   }
+}
+// Calls fn(q) for every '\t' and '\n' in [p, end), in order: 16 bytes compared at a time where
+// SSE2 is there (all x86-64), one at a time for the rest.
+template <typename Fn>
+void for_each_separator(const char* p, const char* end, Fn&& fn) {
+#if defined(__SSE2__)
+  const __m128i tab = _mm_set1_epi8('\t'), nl = _mm_set1_epi8('\n');
+  for (; end - p >= 16; p += 16) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    unsigned m = static_cast<unsigned>(_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, tab), _mm_cmpeq_epi8(x, nl))));
+    while (m) {
+      fn(p + std::countr_zero(m));
+      m &= m - 1;
+    }
+  }
+#endif
+  for (; p < end; ++p)
+    if (*p == '\t' || *p == '\n') fn(p);
 }
 bool is_ensembl(std::string_view s) { return s.size() > 4 && s.substr(0, 3) == "ENS"; }
 
@@ -177,13 +199,31 @@ GeneTable GeneTable::load(const std::string& path, const std::vector<std::string
     if (!add && !seen[(h >> 40) & 0xffff]) return nullptr;
     return t.find_or_add(key, h, add);
   };
-  // One pass over the lines: fields by memchr, each ID, symbol and alias hashed once and
-  // looked up; the first gene (table order) to name a key keeps it.
+  // One pass over the text: the header line split plainly, then every tab and newline found 16
+  // bytes at a time (for_each_separator; a byte loop over the 3.5 MB was most of the load), each
+  // line's fields cut at them; each ID, symbol and alias hashed once and looked up; the first gene
+  // (table order) to name a key keeps it.
   const char* p = t.text_.get();
   const char* const end = p + size;
-  int64_t lineno = 0;
+  int64_t lineno = 1;
   int col_symbol = -1, col_ensembl = -1, col_aliases = -1, need = 0;
-  std::vector<std::string_view> f;
+  {
+    const char* nl = static_cast<const char*>(std::memchr(p, '\n', size));
+    if (!nl) nl = end;
+    std::string_view line(p, static_cast<size_t>(nl - p));
+    p = nl + (nl < end);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    std::vector<std::string_view> h;
+    split_into(line, '\t', h);
+    for (int i = 0; i < static_cast<int>(h.size()); ++i) {
+      if (h[i] == "symbol") col_symbol = i;
+      if (h[i] == "ensembl_ids") col_ensembl = i;
+      if (h[i] == "aliases") col_aliases = i;
+    }
+    if (col_symbol < 0 || col_ensembl < 0)
+      throw std::runtime_error(str(path, ":1: header needs columns 'symbol' and 'ensembl_ids'"));
+    need = std::max({col_symbol, col_ensembl, col_aliases}) + 1;
+  }
   auto each_part = [](std::string_view field, auto&& fn) {
     const char* a = field.data();
     const char* const e = a + field.size();
@@ -195,39 +235,27 @@ GeneTable GeneTable::load(const std::string& path, const std::vector<std::string
       }
     }
   };
-  while (p < end) {
-    const char* nl = static_cast<const char*>(std::memchr(p, '\n', static_cast<size_t>(end - p)));
-    if (!nl) nl = end;
-    std::string_view line(p, static_cast<size_t>(nl - p));
-    p = nl + (nl < end);
+  std::vector<std::string_view> f(need);
+  int got = 0;
+  const char* line_start = p;
+  const char* field_start = p;
+  auto end_line = [&](const char* q) {  // q: the line's '\n' (or the end of the text)
     ++lineno;
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (lineno == 1) {
-      std::vector<std::string_view> h;
-      split_into(line, '\t', h);
-      for (int i = 0; i < static_cast<int>(h.size()); ++i) {
-        if (h[i] == "symbol") col_symbol = i;
-        if (h[i] == "ensembl_ids") col_ensembl = i;
-        if (h[i] == "aliases") col_aliases = i;
-      }
-      if (col_symbol < 0 || col_ensembl < 0)
-        throw std::runtime_error(str(path, ":1: header needs columns 'symbol' and 'ensembl_ids'"));
-      need = std::max({col_symbol, col_ensembl, col_aliases}) + 1;
-      f.resize(need);
-      continue;
-    }
-    if (line.empty()) continue;
-    int got = 0;
-    for (const char *a = line.data(), *q = a, *le = a + line.size();; ++q) {  // short fields: a byte loop
-      if (q == le || *q == '\t') {
-        f[got++] = std::string_view(a, static_cast<size_t>(q - a));
-        if (q == le || got == need) break;
-        a = q + 1;
-      }
-    }
     if (got < need) {
-      split_into(line, '\t', f);
-      throw std::runtime_error(str(path, ":", lineno, ": expected ", need, " tab-separated fields, got ", f.size()));
+      std::string_view last(field_start, static_cast<size_t>(q - field_start));
+      if (!last.empty() && last.back() == '\r') last.remove_suffix(1);
+      f[got++] = last;
+    }
+    std::string_view line(line_start, static_cast<size_t>(q - line_start));
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    line_start = field_start = q + 1;
+    const int fields = got;
+    got = 0;
+    if (line.empty()) return;
+    if (fields < need) {
+      std::vector<std::string_view> all;
+      split_into(line, '\t', all);
+      throw std::runtime_error(str(path, ":", lineno, ": expected ", need, " tab-separated fields, got ", all.size()));
     }
     ++t.n_genes_;
     const std::string_view symbol = f[col_symbol];
@@ -244,7 +272,18 @@ GeneTable GeneTable::load(const std::string& path, const std::vector<std::string
       each_part(f[col_aliases], [&](std::string_view a) {
         if (Entry* x = lookup(a); x && !x->by_alias.data()) x->by_alias = canonical;
       });
-  }
+  };
+  for_each_separator(p, end, [&](const char* q) {
+    if (*q == '\n') {
+      end_line(q);
+    } else if (got < need) {
+      f[got++] = std::string_view(field_start, static_cast<size_t>(q - field_start));
+      field_start = q + 1;
+    } else {
+      field_start = q + 1;  // a field past the ones used
+    }
+  });
+  if (line_start < end) end_line(end);  // a last line without a newline
   if (t.n_genes_ == 0) throw std::runtime_error(str(path, ": the gene table has no genes"));
   return t;
 }

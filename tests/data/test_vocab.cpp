@@ -63,6 +63,35 @@ TEST(GeneTable, SymbolBeatsAliasFirstGeneWinsAmbiguity) {
   EXPECT_FALSE(t.canonical("ZZZ").has_value());
 }
 
+// Line ends and field edges the separator scan (16 bytes at a time) must get right: CRLF lines,
+// a blank line, fields past the last one used, a last line without a newline, lines longer than
+// 16 bytes and shorter ones; a line missing fields names its line number.
+TEST(GeneTable, CrlfBlankLinesExtraFieldsAndNoFinalNewline) {
+  std::string p = temp_path("genes_crlf.tsv");
+  std::ofstream(p) << "entrez_id\tsymbol\tensembl_ids\tgene_type\taliases\textra\r\n"
+                      "1\tA1BG\tENSG00000121410.3\tprotein-coding\tA1B|ABG\tx\ty\r\n"
+                      "\r\n"
+                      "\n"
+                      "2\tB\tE2\tt\tBB\tz\n"
+                      "3\tA2M\tENSG00000175899\tprotein-coding\tA2MD";
+  GeneTable t = GeneTable::load(p);
+  EXPECT_EQ(t.size(), 3u);
+  EXPECT_EQ(t.canonical("A1BG"), "ENSG00000121410");
+  EXPECT_EQ(t.canonical("ABG"), "ENSG00000121410");
+  EXPECT_EQ(t.canonical("B"), "E2");
+  EXPECT_EQ(t.canonical("BB"), "E2");
+  EXPECT_EQ(t.canonical("A2MD"), "ENSG00000175899");  // the last field of a last line without a newline
+  EXPECT_FALSE(t.canonical("x").has_value());
+  std::string q = temp_path("genes_short.tsv");
+  std::ofstream(q) << "entrez_id\tsymbol\tensembl_ids\tgene_type\taliases\n1\tA\tE1\tt\tAA\n2\tB\tE2\n";
+  try {
+    GeneTable::load(q);
+    FAIL() << "a short line loaded";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find(":3: expected 5 tab-separated fields, got 3"), std::string::npos) << e.what();
+  }
+}
+
 TEST(GeneTable, HumanTable) {
   GeneTable t = GeneTable::load(sctrain::testing::project_data("genes/human_genes.tsv"));
   EXPECT_EQ(t.size(), 77614u);
