@@ -13,7 +13,6 @@
 #include <thread>
 
 #include "data/hash_rng.h"
-#include "data/parallel.h"
 #include "data/source_reader.h"
 #include "util/json.h"
 #include "util/log.h"
@@ -142,6 +141,10 @@ struct Loader::Impl {
   int32_t vocab_size = 0;
   CellStore train, val;
   std::vector<std::vector<int32_t>> source_tokens;  // per source: its tokens (for filling)
+  // The corpus's mapped cells and medians when it kept its cells: batches rank their cells
+  // themselves (no store of every cell's tokens). Else null and the stores hold the tokens.
+  std::shared_ptr<const GatheredCells> gathered;
+  std::vector<double> medians;
 
   // Producer/consumer state.
   std::mutex mu;
@@ -245,18 +248,38 @@ struct Loader::Impl {
     if (tok.mode == TokenMode::Binned) b.bins.assign(n * L, 0);
     b.lengths.resize(n);
     b.cell_ids.resize(n);
-    thread_local std::vector<uint8_t> present;
+    thread_local std::vector<uint8_t> present, cell_bins;
+    if (gathered) {
+      // The batch's cells lie anywhere in the gathered chunks: their lines are asked for up
+      // front, so that ranking one cell overlaps fetching the next ones.
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t id = st.cell_id[cells[i]];
+        const std::span<const int32_t> t = gathered->tokens(id);
+        const std::span<const float> v = gathered->values(id);
+        for (size_t k = 0; k < t.size(); k += 16) {
+          __builtin_prefetch(t.data() + k);
+          __builtin_prefetch(v.data() + k);
+        }
+      }
+    }
     for (int64_t i = 0; i < n; ++i) {
       const int64_t c = cells[i];
       int32_t* row = b.tokens.data() + i * L;
       const int32_t g = st.n_genes(c);
-      const int32_t* genes = st.genes.data() + st.offsets[c];
       row[0] = kCls;
-      std::copy(genes, genes + g, row + 1);
-      if (!b.bins.empty()) {
-        const uint8_t* bins = st.bins.data() + st.offsets[c];
-        std::copy(bins, bins + g, b.bins.data() + i * L + 1);
+      const uint8_t* bins = nullptr;  // binned mode: the cell's bins
+      if (gathered) {
+        const int64_t id = st.cell_id[c];
+        cell_bins.resize(b.bins.empty() ? 0 : g);
+        tokenize_cell_into(gathered->tokens(id), gathered->values(id), gathered->totals[id], medians, tok, row + 1,
+                           cell_bins.data());
+        bins = cell_bins.data();
+      } else {
+        std::copy(st.genes.data() + st.offsets[c], st.genes.data() + st.offsets[c] + g, row + 1);
+        if (!b.bins.empty()) bins = st.bins.data() + st.offsets[c];
       }
+      if (!b.bins.empty()) std::copy(bins, bins + g, b.bins.data() + i * L + 1);
+      const int32_t* genes = row + 1;
       int32_t len = 1 + g;
       if (cfg.fill_to_max_len && len < tok.max_len) {
         // Unexpressed genes measured in the cell's file, from a per-cell offset, wrapping.
@@ -350,16 +373,12 @@ void Loader::Impl::tokenize_all(const PreparedCorpus& corpus) {
   TokenizedCell tc;
   auto chrono_start = std::chrono::steady_clock::now();
   if (corpus.gathered) {
-    // Cells already mapped: the stores are laid out first (cells in id order), then ranges of
-    // cells are tokenized straight into them on several threads.
+    // Cells already mapped: the stores only list this rank's cells (in id order) and their
+    // lengths; each batch ranks its cells into its rows (build). No store of every cell's tokens.
     const GatheredCells& g = *corpus.gathered;
-    const int T = std::max(1, std::min<int>(cfg.threads, 16));
     const int64_t keep = std::max<int64_t>(tok.max_len - 1, 0);
-    std::vector<int64_t> first_train(T + 1), first_val(T + 1);  // store index of thread p's first cell
-    int src = 0, p = 0;
-    for (int64_t id = 0; id <= n; ++id) {
-      for (; p <= T && n * p / T <= id; ++p) first_train[p] = train.size(), first_val[p] = val.size();
-      if (id == n) break;
+    int src = 0;
+    for (int64_t id = 0; id < n; ++id) {
       if (!role[id] || g.length[id] == 0) continue;
       while (id >= corpus.sources[src].first_cell + corpus.sources[src].n_cells) ++src;
       CellStore& st = role[id] == 1 ? train : val;
@@ -367,27 +386,8 @@ void Loader::Impl::tokenize_all(const PreparedCorpus& corpus) {
       st.source.push_back(src);
       st.offsets.push_back(st.offsets.back() + std::min<int64_t>(g.length[id], keep));
     }
-    for (CellStore* st : {&train, &val}) {
-      st->genes.resize(st->offsets.back());
-      if (tok.mode == TokenMode::Binned) st->bins.resize(st->offsets.back());
-    }
-    run_parallel(T, [&](int p) {
-      int64_t next[3] = {0, first_train[p], first_val[p]};  // by role
-      auto last = std::chrono::steady_clock::now();
-      for (int64_t id = n * p / T; id < n * (p + 1) / T; ++id) {
-        if (p == 0 && id % 4096 == 4095 && std::chrono::steady_clock::now() - last > std::chrono::seconds(2)) {
-          last = std::chrono::steady_clock::now();
-          const double secs = std::chrono::duration<double>(last - chrono_start).count();
-          const int64_t done = (id + 1) * T;  // the other threads go about as fast
-          log::info(str("loader: tokenized ~", done, "/", n, " cells, ", static_cast<int64_t>(done / secs), " cells/s"));
-        }
-        if (!role[id] || g.length[id] == 0) continue;
-        CellStore& st = role[id] == 1 ? train : val;
-        const int64_t i = next[role[id]]++, at = st.offsets[i];
-        tokenize_cell_into(g.tokens(id), g.values(id), g.totals[id], corpus.gene_medians, tok, st.genes.data() + at,
-                           st.bins.empty() ? nullptr : st.bins.data() + at);
-      }
-    });
+    gathered = corpus.gathered;
+    medians = corpus.gene_medians;
   }
   // Or read from the files (a prepared DIR), logging progress every 2 s as prepare does.
   int64_t read = 0;
@@ -431,8 +431,9 @@ void Loader::Impl::tokenize_all(const PreparedCorpus& corpus) {
     }
   }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - chrono_start).count();
-  log::info(str("loader rank ", rank, "/", world, ": ", train.size(), " train + ", val.size(), " validation cells tokenized (",
-                train.genes.size() + val.genes.size(), " gene tokens) in ", secs, " s"));
+  log::info(str("loader rank ", rank, "/", world, ": ", train.size(), " train + ", val.size(), " validation cells ",
+                gathered ? "listed (ranked as batches are built)" : "tokenized", " (",
+                train.offsets.back() + val.offsets.back(), " gene tokens) in ", secs, " s"));
 }
 
 Loader::Loader(const PreparedCorpus& corpus, LoaderConfig cfg, int rank, int world_size) : impl_(std::make_unique<Impl>()) {

@@ -51,9 +51,11 @@ struct LoaderState {
 
 class Loader {
  public:
-  // Tokenizes this rank's cells (train and validation) up front, from corpus.rows when the
-  // corpus kept them, else by reading the files. Throws when this rank has no train cell.
-  // The loader keeps what it needs: the corpus may go away afterwards.
+  // Lists this rank's cells (train and validation). From a corpus that kept its mapped cells
+  // (PreparedCorpus::gathered) each batch ranks its cells as it is built (the loader holds those
+  // cells and the medians); otherwise the cells are tokenized up front, from corpus.rows or by
+  // reading the files. Throws when this rank has no train cell. The loader keeps what it needs:
+  // the corpus may go away afterwards.
   Loader(const PreparedCorpus& corpus, LoaderConfig cfg, int rank = 0, int world_size = 1);
   ~Loader();  // stops and joins the workers
   Loader(const Loader&) = delete;
