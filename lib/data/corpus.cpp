@@ -573,8 +573,7 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
   if (!fixed_vocab) {
     std::vector<std::string_view> all;  // sorted and unique: a vector, not a std::set (13.7k names: 5 -> 1 ms)
     for (const auto& names : canon) all.insert(all.end(), names.begin(), names.end());
-    std::sort(all.begin(), all.end());
-    all.erase(std::unique(all.begin(), all.end()), all.end());
+    sort_unique_names(all);
     std::vector<std::string> genes;
     genes.reserve(all.size());
     for (std::string_view n : all) {

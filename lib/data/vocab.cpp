@@ -1,5 +1,7 @@
 #include "data/vocab.h"
 
+#include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <stdexcept>
 
@@ -13,29 +15,91 @@ const char* Vocabulary::special_name(int32_t id) {
   return names[id];
 }
 
-Vocabulary::Vocabulary() {
-  for (int32_t i = 0; i < kNumSpecial; ++i) {
-    names_.push_back(special_name(i));
-    ids_[names_.back()] = i;
+namespace {
+uint64_t hash_name(std::string_view s) {  // FNV-1a over 8-byte words, then mixed
+  uint64_t h = 0xcbf29ce484222325ULL ^ s.size();
+  size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, s.data() + i, 8);
+    h = (h ^ w) * 0x100000001b3ULL;
   }
+  uint64_t w = 0;
+  for (size_t k = 0; i + k < s.size(); ++k) w |= static_cast<uint64_t>(static_cast<unsigned char>(s[i + k])) << (8 * k);
+  h = (h ^ w) * 0xbf58476d1ce4e5b9ULL;
+  return h ^ (h >> 31);
+}
+}  // namespace
+
+Vocabulary::Vocabulary() {
+  rehash(16);
+  for (int32_t i = 0; i < kNumSpecial; ++i) add(special_name(i));
+}
+
+void Vocabulary::rehash(size_t slots) {
+  slots_.assign(slots, -1);
+  const size_t mask = slots - 1;
+  for (int32_t id = 0; id < size(); ++id) {
+    size_t j = hash_name(names_[id]) & mask;
+    while (slots_[j] >= 0) j = (j + 1) & mask;
+    slots_[j] = id;
+  }
+}
+
+bool Vocabulary::add(std::string name) {
+  if (2 * (names_.size() + 1) > slots_.size()) rehash(std::max<size_t>(16, 2 * slots_.size()));
+  const size_t mask = slots_.size() - 1;
+  size_t j = hash_name(name) & mask;
+  for (; slots_[j] >= 0; j = (j + 1) & mask)
+    if (names_[slots_[j]] == name) return false;
+  slots_[j] = size();
+  names_.push_back(std::move(name));
+  return true;
 }
 
 Vocabulary Vocabulary::from_genes(const std::vector<std::string>& genes) {
   Vocabulary v;
-  v.ids_.reserve(genes.size() + kNumSpecial);
   v.names_.reserve(genes.size() + kNumSpecial);
+  size_t slots = 16;
+  while (slots < 2 * (genes.size() + kNumSpecial)) slots *= 2;
+  v.rehash(slots);  // sized once
   for (const auto& g : genes) {
     if (g.empty()) throw std::invalid_argument("vocabulary: empty gene name");
-    if (!v.ids_.emplace(g, v.size()).second)
-      throw std::invalid_argument(str("vocabulary: gene '", g, "' appears twice"));
-    v.names_.push_back(g);
+    if (!v.add(g)) throw std::invalid_argument(str("vocabulary: gene '", g, "' appears twice"));
   }
   return v;
 }
 
 int32_t Vocabulary::find(const std::string& name) const {
-  auto it = ids_.find(name);
-  return it == ids_.end() ? -1 : it->second;
+  const size_t mask = slots_.size() - 1;
+  for (size_t j = hash_name(name) & mask; slots_[j] >= 0; j = (j + 1) & mask)
+    if (names_[slots_[j]] == name) return slots_[j];
+  return -1;
+}
+
+void sort_unique_names(std::vector<std::string_view>& names) {
+  struct Key {
+    uint64_t hi, lo;  // bytes 0-7 and 8-15, the first most significant, zeros past the end
+    std::string_view name;
+  };
+  auto word = [](std::string_view n, size_t from) {
+    uint64_t w = 0;
+    for (size_t i = from; i < from + 8; ++i) w = w << 8 | (i < n.size() ? static_cast<unsigned char>(n[i]) : 0u);
+    return w;
+  };
+  std::vector<Key> keys;
+  keys.reserve(names.size());
+  for (std::string_view n : names) keys.push_back({word(n, 0), word(n, 8), n});
+  // Keys order as the names do, except that a name padded with zeros ties with one that has
+  // those zeros: equal keys compare the names.
+  std::sort(keys.begin(), keys.end(), [](const Key& a, const Key& b) {
+    if (a.hi != b.hi) return a.hi < b.hi;
+    if (a.lo != b.lo) return a.lo < b.lo;
+    return a.name < b.name;
+  });
+  names.clear();
+  for (const Key& k : keys)
+    if (names.empty() || names.back() != k.name) names.push_back(k.name);
 }
 
 Vocabulary Vocabulary::load(const std::string& path) {

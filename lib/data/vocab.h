@@ -3,7 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
-#include <unordered_map>
+#include <string_view>
 #include <vector>
 
 #include "data/batch.h"
@@ -29,8 +29,15 @@ class Vocabulary {
   static const char* special_name(int32_t id);  // "<pad>", "<cls>", "<mask>", "<unk>", "<eos>"
 
  private:
+  // Adds a name (false if it is there already).
+  bool add(std::string name);
+  void rehash(size_t slots);
   std::vector<std::string> names_;
-  std::unordered_map<std::string, int32_t> ids_;
+  std::vector<int32_t> slots_;  // open addressing over names_: an id, or -1 for a free slot
 };
+
+// Sorts names as std::sort does (bytes compared as unsigned, a prefix first) and drops repeats.
+// Ordered by each name's first 16 bytes as two integers first: Ensembl IDs share 9 bytes.
+void sort_unique_names(std::vector<std::string_view>& names);
 
 }  // namespace sctrain::data

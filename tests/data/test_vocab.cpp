@@ -1,6 +1,8 @@
 // Vocabulary files and gene-name mapping through the gene table.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -38,6 +40,42 @@ TEST(Vocabulary, RejectsBadFiles) {
   EXPECT_THROW(Vocabulary::load(p), std::runtime_error);
   std::ofstream(p) << "<pad>\n<cls>\n<mask>\n<unk>\n<eos>\nG1\nG2\n";  // names only
   EXPECT_EQ(Vocabulary::load(p).find("G2"), kNumSpecial + 1);
+}
+
+// The vocabulary's order: sort_unique_names orders as std::sort on the names does (it compares
+// 16-byte integer keys first): shared 16-byte prefixes, prefixes of each other, zero bytes,
+// bytes >= 0x80 (UTF-8), empty and long names, repeats. And every name is found by its id.
+TEST(Vocabulary, SortedUniqueNamesAndLookupOfManyNames) {
+  std::vector<std::string> pool = {"", "A", "AB", std::string("AB\0", 3), std::string("AB\0C", 4), "ENSG00000121410",
+                                   "ENSG00000121410X", "ENSG0000012141", "ENSG00000121410.1", "\xc3\xa9t\xc3\xa9",
+                                   "\x80", "\x7f", std::string(40, 'Z'), std::string(40, 'Z') + "a", "ENSG00000121410"};
+  uint64_t x = 7;
+  for (int i = 0; i < 3000; ++i) {
+    x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+    std::string n = (x >> 60) % 2 ? "ENSG000001" : "";
+    for (int k = 0, len = static_cast<int>(x >> 33) % 22; k < len; ++k) {
+      x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+      n += static_cast<char>((x >> 40) % 4 == 0 ? "\x00\x01\xfe\x80"[(x >> 45) % 4] : 'A' + (x >> 50) % 4);
+    }
+    pool.push_back(n);
+  }
+  std::vector<std::string_view> got(pool.begin(), pool.end()), want(got);
+  sort_unique_names(got);
+  std::sort(want.begin(), want.end());
+  want.erase(std::unique(want.begin(), want.end()), want.end());
+  EXPECT_EQ(got, want);
+  std::vector<std::string> genes;
+  for (std::string_view n : want)
+    if (!n.empty()) genes.emplace_back(n);
+  Vocabulary v = Vocabulary::from_genes(genes);
+  Vocabulary copy = v;
+  for (int32_t id = 0; id < v.size(); ++id) {
+    ASSERT_EQ(v.find(v.name(id)), id);
+    ASSERT_EQ(copy.find(v.name(id)), id);
+  }
+  EXPECT_EQ(v.find("not there"), -1);
+  EXPECT_EQ(v.find("<mask>"), kMask);
+  EXPECT_THROW(Vocabulary::from_genes({"G1", "G2", "G1"}), std::invalid_argument);
 }
 
 TEST(GeneTable, StripsVersions) {
