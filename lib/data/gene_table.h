@@ -44,6 +44,7 @@ class GeneTable {
   const Entry* find(std::string_view key) const;
   Entry* find_or_add(std::string_view key, uint64_t hash, bool add);
   void grow();
+  void rehash(size_t cap);  // cap: a power of two above 2 * used_
 };
 
 // "ENSG00000121410.12" -> "ENSG00000121410"; other names unchanged.
