@@ -147,43 +147,50 @@ SCTRAIN_AVX2_CLONE void normalise(std::span<const float> values, double total, d
 
 namespace {
 
-// Order keys of a cell's genes: ~bits(normalised value / median), a zero median counting as 1.
-// Built for AVX2 too (SCTRAIN_AVX2_CLONE): the two divisions a gene are much of the cost, and
-// vector division rounds exactly as scalar division does.
+// Order keys of a cell's genes: ~bits(normalised value / median), a zero median counting as 1;
+// also the smallest and largest key. Built for AVX2 too (SCTRAIN_AVX2_CLONE): the two
+// divisions a gene are much of the cost, and vector division rounds exactly as scalar division
+// does. Keys of positive scores all have the top bit set, so they order as signed integers too.
 SCTRAIN_AVX2_CLONE void score_keys(const float* values, const int32_t* tokens, const double* medians,
-                                   double target_sum, double total, int64_t n, uint64_t* key) {
+                                   double target_sum, double total, int64_t n, uint64_t* key, uint64_t& lo,
+                                   uint64_t& hi) {
+  int64_t kmin = INT64_MAX, kmax = INT64_MIN;
   for (int64_t i = 0; i < n; ++i) {
     const double m = medians[tokens[i]];  // >= 0
     const double divisor = m + static_cast<double>(m <= 0) * (1.0 - m);  // m, or 1 for 0: no branch
-    key[i] = ~std::bit_cast<uint64_t>(normalised(values[i], total, target_sum) / divisor);
+    const uint64_t k = ~std::bit_cast<uint64_t>(normalised(values[i], total, target_sum) / divisor);
+    key[i] = k;
+    kmin = std::min(kmin, static_cast<int64_t>(k));
+    kmax = std::max(kmax, static_cast<int64_t>(k));
   }
+  lo = static_cast<uint64_t>(kmin);
+  hi = static_cast<uint64_t>(kmax);
 }
 
-// Positions 0..n-1 of a cell's genes ordered by (key ascending, token ascending), written to
-// the low 32 bits of a[0..n). key = ~bits(score): positive finite scores order like their bit
-// patterns, so ascending key = descending score.
-// LSD radix sort of 8-byte items (prefix << 32 | position), two 8-bit passes: prefix = the top
+// Positions 0..n-1 of a cell's genes ordered by (key ascending, token ascending), in the low
+// kPos bits of a[0..n) (Item: uint32_t with 16 position bits for n <= 65536, else uint64_t
+// with 32). key = ~bits(score): positive finite scores order like their bit patterns, so
+// ascending key = descending score. [lo, hi]: the smallest and largest key.
+// LSD radix sort of items (prefix << kPos | position), two 8-bit passes: prefix = the top
 // 32 key bits less the cell's smallest, shifted right to fit 16 bits (a relative resolution of
 // 2^-13 for a cell whose scores span 6 binary orders). Genes sharing a prefix (exact ties and
 // near-ties) are then ordered by the full key and the token.
-void order_genes(const uint64_t* key, const int32_t* token, int64_t n, std::vector<uint64_t>& a,
-                 std::vector<uint64_t>& tmp) {
+template <typename Item>
+void order_genes(const uint64_t* key, const int32_t* token, int64_t n, uint64_t lo_key, uint64_t hi_key,
+                 std::vector<Item>& a, std::vector<Item>& tmp) {
+  constexpr int kPos = sizeof(Item) == 8 ? 32 : 16;
+  constexpr Item kPosMask = (Item{1} << kPos) - 1;
   a.resize(n);
-  auto before = [key, token](uint64_t x, uint64_t y) {
-    const uint32_t i = static_cast<uint32_t>(x), j = static_cast<uint32_t>(y);
+  auto before = [key, token](Item x, Item y) {
+    const size_t i = x & kPosMask, j = y & kPosMask;
     return key[i] < key[j] || (key[i] == key[j] && token[i] < token[j]);
   };
   if (n < 64) {
-    std::iota(a.begin(), a.end(), uint64_t{0});
+    std::iota(a.begin(), a.end(), Item{0});
     std::sort(a.begin(), a.end(), before);
     return;
   }
-  uint32_t lo = UINT32_MAX, hi = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t q = static_cast<uint32_t>(key[i] >> 32);
-    lo = std::min(lo, q);
-    hi = std::max(hi, q);
-  }
+  const uint32_t lo = static_cast<uint32_t>(lo_key >> 32), hi = static_cast<uint32_t>(hi_key >> 32);
   const int shift = std::max(0, static_cast<int>(std::bit_width(hi - lo)) - 16);
   // Histograms of both digits. The high digit's counts are split between even and odd genes
   // (added up after): clustered prefixes would otherwise chain each count on the one before.
@@ -192,8 +199,8 @@ void order_genes(const uint64_t* key, const int32_t* token, int64_t n, std::vect
   for (; i + 1 < n; i += 2) {
     const uint32_t p = (static_cast<uint32_t>(key[i] >> 32) - lo) >> shift;
     const uint32_t q = (static_cast<uint32_t>(key[i + 1] >> 32) - lo) >> shift;
-    a[i] = static_cast<uint64_t>(p) << 32 | static_cast<uint64_t>(i);
-    a[i + 1] = static_cast<uint64_t>(q) << 32 | static_cast<uint64_t>(i + 1);
+    a[i] = static_cast<Item>(static_cast<Item>(p) << kPos | static_cast<Item>(i));
+    a[i + 1] = static_cast<Item>(static_cast<Item>(q) << kPos | static_cast<Item>(i + 1));
     ++count[0][p & 255];
     ++count[0][q & 255];
     ++count[1][p >> 8];
@@ -201,14 +208,14 @@ void order_genes(const uint64_t* key, const int32_t* token, int64_t n, std::vect
   }
   for (; i < n; ++i) {
     const uint32_t p = (static_cast<uint32_t>(key[i] >> 32) - lo) >> shift;
-    a[i] = static_cast<uint64_t>(p) << 32 | static_cast<uint64_t>(i);
+    a[i] = static_cast<Item>(static_cast<Item>(p) << kPos | static_cast<Item>(i));
     ++count[0][p & 255];
     ++count[1][p >> 8];
   }
   for (int b = 0; b < 256; ++b) count[1][b] += odd_high[b];
   tmp.resize(n);
-  uint64_t* src = a.data();
-  uint64_t* dst = tmp.data();
+  Item* src = a.data();
+  Item* dst = tmp.data();
   uint32_t start[2][256];  // both digits' bucket starts in one loop: two independent chains of sums
   uint32_t sum0 = 0, sum1 = 0;
   for (int b = 0; b < 256; ++b) {
@@ -216,7 +223,7 @@ void order_genes(const uint64_t* key, const int32_t* token, int64_t n, std::vect
     start[1][b] = sum1, sum1 += count[1][b];
   }
   for (int d = 0; d < 2; ++d) {
-    const int bits = 32 + 8 * d;
+    const int bits = kPos + 8 * d;
     if (count[d][(src[0] >> bits) & 255] == static_cast<uint32_t>(n)) continue;  // one bucket: nothing moves
     uint32_t* st = start[d];
     for (int64_t i = 0; i < n; ++i) dst[st[(src[i] >> bits) & 255]++] = src[i];
@@ -232,7 +239,7 @@ void order_genes(const uint64_t* key, const int32_t* token, int64_t n, std::vect
   thread_local std::vector<uint8_t> same;
   same.resize(n + 8);
   same[0] = 0;
-  for (int64_t k = 1; k < n; ++k) same[k] = (a[k] >> 32) == (a[k - 1] >> 32);
+  for (int64_t k = 1; k < n; ++k) same[k] = (a[k] >> kPos) == (a[k - 1] >> kPos);
   std::memset(same.data() + n, 0, 8);
   int64_t moves = 0;
   for (int64_t w = 0; w < n && moves <= 16 * n; w += 8) {
@@ -241,7 +248,7 @@ void order_genes(const uint64_t* key, const int32_t* token, int64_t n, std::vect
     while (marks) {
       const int64_t k = w + (std::countr_zero(marks) >> 3);
       marks &= marks - 1;
-      const uint64_t x = a[k];
+      const Item x = a[k];
       int64_t m = k;
       for (; m > 0 && before(x, a[m - 1]); --m) a[m] = a[m - 1];
       a[m] = x;
@@ -257,15 +264,26 @@ int64_t tokenize_cell_into(std::span<const int32_t> tokens, std::span<const floa
                            std::span<const double> medians, const TokenizeConfig& cfg, int32_t* genes, uint8_t* bins) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t keep = std::min<int64_t>(n, std::max<int32_t>(cfg.max_len - 1, 0));
-  thread_local std::vector<uint64_t> key, order, tmp;
+  thread_local std::vector<uint64_t> key;
   key.resize(n);
-  score_keys(values.data(), tokens.data(), medians.data(), cfg.target_sum, total, n, key.data());
-  order_genes(key.data(), tokens.data(), n, order, tmp);
-  for (int64_t i = 0; i < keep; ++i) genes[i] = tokens[static_cast<uint32_t>(order[i])];
-  if (cfg.mode == TokenMode::Binned && bins) {
-    thread_local std::vector<uint8_t> all_bins;
-    expression_bins(values, cfg.n_bins, all_bins);
-    for (int64_t i = 0; i < keep; ++i) bins[i] = all_bins[static_cast<uint32_t>(order[i])];
+  uint64_t lo = 0, hi = 0;
+  score_keys(values.data(), tokens.data(), medians.data(), cfg.target_sum, total, n, key.data(), lo, hi);
+  auto emit = [&](const auto& order, uint32_t pos_mask) {
+    for (int64_t i = 0; i < keep; ++i) genes[i] = tokens[order[i] & pos_mask];
+    if (cfg.mode == TokenMode::Binned && bins) {
+      thread_local std::vector<uint8_t> all_bins;
+      expression_bins(values, cfg.n_bins, all_bins);
+      for (int64_t i = 0; i < keep; ++i) bins[i] = all_bins[order[i] & pos_mask];
+    }
+  };
+  if (n <= 65536) {  // positions fit 16 bits: 4-byte items
+    thread_local std::vector<uint32_t> order, tmp;
+    order_genes(key.data(), tokens.data(), n, lo, hi, order, tmp);
+    emit(order, 0xffffu);
+  } else {
+    thread_local std::vector<uint64_t> order, tmp;
+    order_genes(key.data(), tokens.data(), n, lo, hi, order, tmp);
+    emit(order, 0xffffffffu);
   }
   return keep;
 }

@@ -159,6 +159,31 @@ TEST(TokenizeCell, LongCellsMatchAPlainSort) {
   }
 }
 
+// Cells of 65,536 genes sort 4-byte items (16 position bits), longer ones 8-byte items: both
+// match a plain sort, with exact ties and all genes kept (max_len above the length).
+TEST(TokenizeCell, CellsAroundSixtyFiveThousandGenesMatchAPlainSort) {
+  for (int32_t n : {65536, 65537, 70000}) {
+    CellGenes c;
+    std::vector<double> med(n + 5, 0.0);
+    uint64_t x = 99 + n;
+    auto rnd = [&x] { x = x * 6364136223846793005ULL + 1442695040888963407ULL; return x >> 33; };
+    for (int32_t t = n + 4; t >= 5; --t) {
+      med[t] = 0.5 + static_cast<double>(rnd() % 50);
+      c.tokens.push_back(t);
+      c.values.push_back(static_cast<float>(1 + rnd() % 4));
+    }
+    c.total = 0;
+    for (float v : c.values) c.total += v;
+    const auto ref = reference_order(c, med);
+    TokenizeConfig cfg;
+    cfg.max_len = n + 10;
+    TokenizedCell t;
+    tokenize_cell(c, med, cfg, t);
+    ASSERT_EQ(t.genes.size(), ref.size());
+    for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(t.genes[i], ref[i].second) << n << " genes, position " << i;
+  }
+}
+
 // Scores that differ only in their last bits (medians 1 ulp apart) share the radix sort's
 // 32-bit prefix: the full score and then the token must still decide.
 TEST(TokenizeCell, NearTiesOrderedByTheFullScore) {
