@@ -333,9 +333,13 @@ struct Loader::Impl {
     }
   }
 
+  // The caller of next() builds batches too while the one due is not ready, so the workers are
+  // at most one fewer than the cores: on 2 cores, 2 workers and the caller time-sliced 3 builders
+  // (kang's batches, ranked as they are built: 14.3 -> 11.8 ms median with 1 worker).
   void start() {
     stop = false;
-    for (int i = 0; i < cfg.threads; ++i) workers.emplace_back([this] { worker_loop(); });
+    const int cores = static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
+    for (int i = 0; i < std::min(cfg.threads, cores - 1); ++i) workers.emplace_back([this] { worker_loop(); });
   }
 
   void halt() {

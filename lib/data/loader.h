@@ -35,7 +35,8 @@ struct LoaderConfig {
   double mask_random = 0.1;     // of the chosen: replaced by a random gene; the rest kept
   bool fill_to_max_len = false; // append unexpressed genes (of the cell's file) up to max_len
   int64_t bucket_cells = 4096;  // shuffled cells are sorted by length within windows this big
-  int threads = 2;              // background workers (0 = build batches in next())
+  int threads = 2;              // background workers (0 = build batches in next()); at most
+                                // one fewer than the cores (next() builds too while it waits)
   int64_t prefetch = 8;         // batches ready ahead at most
   int64_t fail_at_batch = -1;   // tests only: building the n-th batch (from start/restore) throws
 };
