@@ -528,7 +528,10 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
         if (static_cast<int64_t>(column->size()) != n_cols) continue;
         symbol_column[s] = col;
         for (size_t j = 0; j < column->size(); ++j) symbols[s].push_back(column->text(j));
-        all_names.insert(all_names.end(), symbols[s].begin(), symbols[s].end());
+        // A symbol that is the column's name adds nothing to look up (pbmc3k: all of them; the
+        // table's names in use were twice as many, its index twice the size)
+        for (size_t j = 0; j < symbols[s].size(); ++j)
+          if (symbols[s][j] != names[s][j]) all_names.push_back(symbols[s][j]);
         break;
       }
     }
@@ -549,7 +552,7 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     for (size_t j = 0; j < names[s].size(); ++j) {
       const std::string& name = names[s][j];
       std::optional<std::string> cn = table ? table->canonical(name) : std::nullopt;
-      if (!cn && table && !symbols[s].empty() && !symbols[s][j].empty()) {
+      if (!cn && table && !symbols[s].empty() && !symbols[s][j].empty() && symbols[s][j] != name) {
         cn = table->canonical(symbols[s][j]);
         via_symbol += cn.has_value();
       }
