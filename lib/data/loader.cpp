@@ -459,14 +459,18 @@ Loader::Loader(const PreparedCorpus& corpus, LoaderConfig cfg, int rank, int wor
     throw std::invalid_argument("loader: the corpus has no gene medians for its vocabulary");
   if (cfg.token_budget > 0 && cfg.token_budget < (cfg.fill_to_max_len ? m.tok.max_len : corpus.stats.tokens_max))
     log::warn(str("loader: token budget ", cfg.token_budget, " is below the longest cell; such cells go alone in a batch"));
-  for (const auto& si : corpus.sources) {
-    std::vector<int32_t> t;
-    for (int32_t x : si.column_token)
-      if (x >= 0) t.push_back(x);
-    std::sort(t.begin(), t.end());
-    t.erase(std::unique(t.begin(), t.end()), t.end());
-    m.source_tokens.push_back(std::move(t));
-  }
+  // Each source's tokens, ascending (marked, then listed: no sort), for filling only: the caller
+  // waits for this, and a sort of pbmc3k's 13.7k columns was ~0.3 ms of it.
+  if (cfg.fill_to_max_len)
+    for (const auto& si : corpus.sources) {
+      std::vector<uint8_t> has(static_cast<size_t>(m.vocab_size), 0);
+      for (int32_t x : si.column_token)
+        if (x >= 0) has[x] = 1;
+      std::vector<int32_t> t;
+      for (int32_t x = 0; x < m.vocab_size; ++x)
+        if (has[x]) t.push_back(x);
+      m.source_tokens.push_back(std::move(t));
+    }
   m.tokenize_all(corpus);
   if (m.train.size() == 0)
     throw std::runtime_error(str("loader: rank ", rank, " of ", world_size, " has no training cell (corpus: ",
