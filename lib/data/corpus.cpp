@@ -513,6 +513,10 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
   std::vector<std::vector<std::string>> names(opts.sources.size()), symbols(opts.sources.size());
   std::vector<std::string> symbol_column(opts.sources.size());
   std::vector<std::string> all_names;
+  // Where each source's names start in all_names, and each column's symbol there (-1: none, empty
+  // or the name itself): the table answers by these positions (GeneTable::canonical_in_use).
+  std::vector<size_t> names_at(opts.sources.size());
+  std::vector<std::vector<int64_t>> symbol_at(opts.sources.size());
   for (size_t s = 0; s < opts.sources.size(); ++s) {
     const SourceSpec& spec = opts.sources[s];
     const int64_t n_cols = c.sources[s].n_genes;
@@ -520,6 +524,7 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     names[s] = std::move(var.index);
     if (static_cast<int64_t>(names[s].size()) != n_cols)
       throw std::runtime_error(str(spec.path, ": ", spec.matrix, " has ", n_cols, " columns but ", names[s].size(), " gene names"));
+    names_at[s] = all_names.size();
     all_names.insert(all_names.end(), names[s].begin(), names[s].end());
     if (use_table) {
       for (const char* col : kSymbolColumns) {
@@ -530,8 +535,12 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
         for (size_t j = 0; j < column->size(); ++j) symbols[s].push_back(column->text(j));
         // A symbol that is the column's name adds nothing to look up (pbmc3k: all of them; the
         // table's names in use were twice as many, its index twice the size)
+        symbol_at[s].assign(symbols[s].size(), -1);
         for (size_t j = 0; j < symbols[s].size(); ++j)
-          if (symbols[s][j] != names[s][j]) all_names.push_back(symbols[s][j]);
+          if (!symbols[s][j].empty() && symbols[s][j] != names[s][j]) {
+            symbol_at[s][j] = static_cast<int64_t>(all_names.size());
+            all_names.push_back(symbols[s][j]);
+          }
         break;
       }
     }
@@ -551,13 +560,13 @@ PreparedCorpus prepare_corpus(const PrepareOptions& opts) {
     int64_t via_symbol = 0;
     for (size_t j = 0; j < names[s].size(); ++j) {
       const std::string& name = names[s][j];
-      std::optional<std::string> cn = table ? table->canonical(name) : std::nullopt;
-      if (!cn && table && !symbols[s].empty() && !symbols[s][j].empty() && symbols[s][j] != name) {
-        cn = table->canonical(symbols[s][j]);
+      std::optional<std::string_view> cn = table ? table->canonical_in_use(names_at[s] + j) : std::nullopt;
+      if (!cn && table && !symbol_at[s].empty() && symbol_at[s][j] >= 0) {
+        cn = table->canonical_in_use(static_cast<size_t>(symbol_at[s][j]));
         via_symbol += cn.has_value();
       }
       bool known = cn.has_value();
-      std::string token = known ? *cn : strip_ensembl_version(name);
+      std::string token = known ? std::string(*cn) : strip_ensembl_version(name);
       if (fixed_vocab) {
         if (c.vocab.find(token) < 0 && c.vocab.find(name) >= 0) token = name;
         known = c.vocab.find(token) >= 0;

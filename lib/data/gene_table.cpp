@@ -184,11 +184,13 @@ GeneTable GeneTable::load(const std::string& path, const std::vector<std::string
     size_t cap = 16;
     while (2 * (spans.size() + 1) > cap) cap *= 2;
     t.rehash(cap);  // sized once: no rehashing as names are added, no smaller tables first
-    for (auto [at, len] : spans) {
+    t.in_use_.assign(spans.size(), -1);
+    for (size_t i = 0; i < spans.size(); ++i) {
+      const auto [at, len] = spans[i];
       if (len == 0) continue;
       const std::string_view k(names->data() + at, len);
       const uint64_t h = hash_name(k);
-      t.find_or_add(k, h, true);
+      t.in_use_[i] = static_cast<int32_t>(t.find_or_add(k, h, true) - t.entries_.data());
       const uint64_t bit = (h >> 40) & 0xfffff;
       seen[bit >> 6] |= uint64_t{1} << (bit & 63);
       lengths[std::min<size_t>(len, 255) / 64] |= uint64_t{1} << (std::min<size_t>(len, 255) % 64);
@@ -297,14 +299,25 @@ GeneTable GeneTable::load(const std::string& path, const std::vector<std::string
   return t;
 }
 
+std::optional<std::string_view> GeneTable::answer(std::string_view key, const Entry& e) const {
+  if (is_ensembl(key) && e.by_ensembl.data()) return e.by_ensembl;
+  if (e.by_symbol.data()) return e.by_symbol;
+  if (e.by_alias.data()) return e.by_alias;
+  return std::nullopt;
+}
+
 std::optional<std::string> GeneTable::canonical(std::string_view name) const {
   const std::string_view key = strip_version(name);
   const Entry* e = find(key);
   if (!e) return std::nullopt;
-  if (is_ensembl(key) && e->by_ensembl.data()) return std::string(e->by_ensembl);
-  if (e->by_symbol.data()) return std::string(e->by_symbol);
-  if (e->by_alias.data()) return std::string(e->by_alias);
-  return std::nullopt;
+  const std::optional<std::string_view> a = answer(key, *e);
+  if (!a) return std::nullopt;
+  return std::string(*a);
+}
+
+std::optional<std::string_view> GeneTable::canonical_in_use(size_t i) const {
+  if (i >= in_use_.size() || in_use_[i] < 0) return std::nullopt;
+  return answer(keys_[in_use_[i]], entries_[in_use_[i]]);
 }
 
 std::string default_gene_table() {

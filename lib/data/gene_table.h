@@ -26,6 +26,9 @@ class GeneTable {
   size_t size() const { return n_genes_; }
   // Canonical name of a gene named `name`, nullopt when the table does not know it.
   std::optional<std::string> canonical(std::string_view name) const;
+  // Loaded with `only`: what canonical((*only)[i]) answers, from the slot that name was given at
+  // load (no second hash and probe); a view into the table.
+  std::optional<std::string_view> canonical_in_use(size_t i) const;
 
   // Per name: the canonical name of the first gene (table order) having it as an Ensembl ID,
   // as its symbol, as an alias (empty view: none). Public for the implementation's index.
@@ -40,9 +43,11 @@ class GeneTable {
   std::vector<std::string_view> keys_;  // open addressing: a name (version stripped) per slot
   std::vector<uint32_t> tags_;          // hash tag per slot, 0 = free
   std::vector<Entry> entries_;
+  std::vector<int32_t> in_use_;         // with `only`: each name's slot, -1 for an empty name
   size_t used_ = 0;
   const Entry* find(std::string_view key) const;
   Entry* find_or_add(std::string_view key, uint64_t hash, bool add);
+  std::optional<std::string_view> answer(std::string_view key, const Entry& e) const;
   void grow();
   void rehash(size_t cap);  // cap: a power of two above 2 * used_
 };

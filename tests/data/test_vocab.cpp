@@ -163,9 +163,12 @@ TEST(GeneTable, NamesInUseAnswerAsTheWholeTable) {
   ASSERT_GT(names.size(), 1000u);
   const GeneTable only = GeneTable::load(path, &names);
   int64_t found = 0;
-  for (const auto& n : names) {
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::string& n = names[i];
     EXPECT_EQ(only.canonical(n), whole.canonical(n)) << n;
+    EXPECT_EQ(only.canonical_in_use(i), whole.canonical(n)) << n;  // by the name's slot
     found += whole.canonical(n).has_value();
   }
+  EXPECT_FALSE(only.canonical_in_use(names.size()).has_value());
   EXPECT_GT(found, 900) << names.size() << " names";
 }
