@@ -14,6 +14,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "data/name_hash.h"
 #include "util/log.h"
 
 namespace sctrain::data {
@@ -59,20 +60,6 @@ std::string_view strip_version(std::string_view name) {
   return name.substr(0, dot);
 }
 
-uint64_t hash_name(std::string_view s) {
-  uint64_t h = 0x9E3779B97F4A7C15ULL ^ s.size();
-  size_t i = 0;
-  for (; i + 8 <= s.size(); i += 8) {
-    uint64_t w;
-    std::memcpy(&w, s.data() + i, 8);
-    h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
-    h ^= h >> 31;
-  }
-  uint64_t w = 0;
-  for (size_t k = 0; i + k < s.size(); ++k) w |= static_cast<uint64_t>(static_cast<unsigned char>(s[i + k])) << (8 * k);
-  h = (h ^ w) * 0x94D049BB133111EBULL;
-  return h ^ (h >> 29);
-}
 uint32_t tag_of(uint64_t h) { return static_cast<uint32_t>(h >> 32) | 1; }  // 0 = free slot
 
 // The file's bytes: mapped read-only (no copy, no fresh pages to fault in), else read.

@@ -1,10 +1,10 @@
 #include "data/vocab.h"
 
 #include <algorithm>
-#include <cstring>
 #include <fstream>
 #include <stdexcept>
 
+#include "data/name_hash.h"
 #include "util/log.h"
 
 namespace sctrain::data {
@@ -14,22 +14,6 @@ const char* Vocabulary::special_name(int32_t id) {
   if (id < 0 || id >= kNumSpecial) throw std::out_of_range(str("not a special token id: ", id));
   return names[id];
 }
-
-namespace {
-uint64_t hash_name(std::string_view s) {  // FNV-1a over 8-byte words, then mixed
-  uint64_t h = 0xcbf29ce484222325ULL ^ s.size();
-  size_t i = 0;
-  for (; i + 8 <= s.size(); i += 8) {
-    uint64_t w;
-    std::memcpy(&w, s.data() + i, 8);
-    h = (h ^ w) * 0x100000001b3ULL;
-  }
-  uint64_t w = 0;
-  for (size_t k = 0; i + k < s.size(); ++k) w |= static_cast<uint64_t>(static_cast<unsigned char>(s[i + k])) << (8 * k);
-  h = (h ^ w) * 0xbf58476d1ce4e5b9ULL;
-  return h ^ (h >> 31);
-}
-}  // namespace
 
 Vocabulary::Vocabulary() {
   rehash(16);
