@@ -37,10 +37,12 @@ __device__ __forceinline__ void fence_regs(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-// W (d64): no end-of-step barrier. dS^T double-buffered, and the next tiles loaded after the mid-step
+// No end-of-step barrier (d64): dS^T double-buffered, and the next tiles loaded after the mid-step
 // barrier (both warpgroups are past the step that read that stage); same-run A/B: +1-3% at d64, -1-3%
 // at d128 (60 bytes of spills there).
-template <typename T, int D, int NS, int BR, bool W = D == 64>
+constexpr bool no_end_barrier(int D) { return D == 64; }
+
+template <typename T, int D, int NS, int BR, bool W = no_end_barrier(D)>
 __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
   constexpr bool kStagger = D == 128;  // measured: +5-10% at d128, -2-4% at d64
   // BR = 128 query steps: dQ's wgmma splits the queries between the warpgroups, not the columns.
@@ -274,7 +276,7 @@ bool launch(const AttnParams& p, cudaStream_t stream) {
         encode_tile_map<T, D>(&maps.v, p.v, p.v_stride, p, BC) &&
         encode_tile_map<T, D>(&maps.dout, p.dout, p.do_stride, p, BR)))
     return false;
-  constexpr int dS_buffers = D == 64 ? 2 : 1;
+  constexpr int dS_buffers = no_end_barrier(D) ? 2 : 1;
   const size_t smem = static_cast<size_t>(2 * BC * D + 2 * NS * BR * D + dS_buffers * BC * BR) * sizeof(T) + 8 * (NS + 1) + 1024;
   auto kernel = bwd_kernel<T, D, NS, BR>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
