@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "kernels/add_layer_norm.h"
+#include "kernels/rows_common.cuh"
 
 namespace sctrain::kernels::cuda {
 namespace {
@@ -18,34 +19,6 @@ constexpr int kWarps = 4;  // rows per CTA (forward), warps per CTA (backward)
 constexpr int kThreads = kWarps * 32;
 constexpr int kMaxV = 4;   // d <= 32 lanes x 8 x 4 = 1024
 struct NoH {};
-
-__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
-  const float4 a = *reinterpret_cast<const float4*>(p);
-  const float4 b = *reinterpret_cast<const float4*>(p + 4);
-  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
-  v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
-}
-__device__ __forceinline__ void load8(const __nv_bfloat16* p, float (&v)[8]) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(b[i]);
-    v[2 * i] = f.x;
-    v[2 * i + 1] = f.y;
-  }
-}
-__device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
-  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-  *reinterpret_cast<float4*>(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
-}
-__device__ __forceinline__ void store8(__nv_bfloat16* p, const float (&v)[8]) {
-  uint4 u;
-  __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) b[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
-  *reinterpret_cast<uint4*>(p) = u;
-}
 
 __device__ __forceinline__ float warp_sum(float s) {
 #pragma unroll
@@ -217,27 +190,6 @@ __global__ void __launch_bounds__(kThreads) add_ln_backward(const YT* __restrict
       for (int w = 0; w < kWarps; ++w) s += acc[w][a][i];
       partial[(static_cast<int64_t>(a) * gridDim.x + blockIdx.x) * d + c] = s;
     }
-  }
-}
-
-// Second stage: out[a][c] = sum over p of partial[a][p][c]. blockDim (32, 8), grid (ceil(d / 32), 2).
-__global__ void column_sums(const float* __restrict__ partial, int P, int d, float* __restrict__ dgamma,
-                            float* __restrict__ dbeta) {
-  const int c = blockIdx.x * 32 + threadIdx.x, a = blockIdx.y;
-  float* out = a == 0 ? dgamma : dbeta;
-  if (out == nullptr) return;  // uniform over the CTA
-  const float* p = partial + static_cast<int64_t>(a) * P * d;
-  float s = 0.f;
-  if (c < d)
-    for (int i = threadIdx.y; i < P; i += 8) s += p[static_cast<int64_t>(i) * d + c];
-  __shared__ float sm[8][33];
-  sm[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < d) {
-    float t = 0.f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) t += sm[i][threadIdx.x];
-    out[c] = t;
   }
 }
 

@@ -64,6 +64,51 @@ cuda::AttnParams make_params(const Tensor& q, const Tensor& k, const Tensor& v, 
   return p;
 }
 
+// Launches the backward: dK, dV into dk_out, dv_out (any [B, N, H, D] views with unit last stride),
+// dQ accumulated in fp32 and then converted into dq_out.
+void run_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lengths, const Tensor& dout_in,
+                  torch::autograd::AutogradContext* ctx, const Tensor& dq_out, const Tensor& dk_out,
+                  const Tensor& dv_out) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  TORCH_CHECK(dk_out.strides() == dv_out.strides() && dk_out.stride(3) == 1, "sigmoid attention: dK, dV layout");
+  auto dout = kernel_layout(dout_in.to(q.scalar_type()));
+  auto p = make_params(q, k, v, lengths, ctx->saved_data["scale"].toDouble(), ctx->saved_data["bias"].toDouble(),
+                       ctx->saved_data["has_bias"].toBool());
+  auto dq = torch::zeros(q.sizes(), q.options().dtype(torch::kFloat));
+  p.dout = dout.data_ptr();
+  for (int d = 0; d < 3; ++d) {
+    p.do_stride[d] = dout.stride(d);
+    p.dkv_stride[d] = dk_out.stride(d);
+  }
+  p.dq_accum = dq.data_ptr<float>();
+  p.dk = dk_out.data_ptr();
+  p.dv = dv_out.data_ptr();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (!(use_hopper_path() && cuda::backward_sm90(p, stream))) cuda::backward_sm80(p, stream);
+  if (kernel_layout_ok(dq_out) && dq_out.scalar_type() == q.scalar_type()) {
+    const int64_t dq_stride[3] = {dq_out.stride(0), dq_out.stride(1), dq_out.stride(2)};
+    cuda::convert_dq(p, dq_out.data_ptr(), dq_stride, stream);
+  } else {
+    dq_out.copy_(dq);
+  }
+}
+
+Tensor run_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lengths, double scale, double bias,
+                   bool has_bias) {
+  auto o = torch::empty(q.sizes(), q.options().memory_format(torch::MemoryFormat::Contiguous));
+  auto p = make_params(q, k, v, lengths, scale, bias, has_bias);
+  p.o = o.data_ptr();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  if (!(use_hopper_path() && cuda::forward_sm90(p, stream))) cuda::forward_sm80(p, stream);
+  return o;
+}
+
+void save_options(torch::autograd::AutogradContext* ctx, double scale, double bias, bool has_bias) {
+  ctx->saved_data["scale"] = scale;
+  ctx->saved_data["bias"] = bias;
+  ctx->saved_data["has_bias"] = has_bias;
+}
+
 class SigmoidAttentionFn : public torch::autograd::Function<SigmoidAttentionFn> {
  public:
   static Tensor forward(torch::autograd::AutogradContext* ctx, Tensor q, Tensor k, Tensor v,
@@ -72,15 +117,9 @@ class SigmoidAttentionFn : public torch::autograd::Function<SigmoidAttentionFn> 
     q = kernel_layout(q);
     k = kernel_layout(k);
     v = kernel_layout(v);
-    auto o = torch::empty(q.sizes(), q.options().memory_format(torch::MemoryFormat::Contiguous));
-    auto p = make_params(q, k, v, lengths, scale, bias, has_bias);
-    p.o = o.data_ptr();
-    const auto stream = at::cuda::getCurrentCUDAStream();
-    if (!(use_hopper_path() && cuda::forward_sm90(p, stream))) cuda::forward_sm80(p, stream);
+    auto o = run_forward(q, k, v, lengths, scale, bias, has_bias);
     ctx->save_for_backward({q, k, v, lengths});
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["bias"] = bias;
-    ctx->saved_data["has_bias"] = has_bias;
+    save_options(ctx, scale, bias, has_bias);
     return o;
   }
 
@@ -88,21 +127,36 @@ class SigmoidAttentionFn : public torch::autograd::Function<SigmoidAttentionFn> 
                                                  torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
     const auto &q = saved[0], &k = saved[1], &v = saved[2], &lengths = saved[3];
-    const c10::cuda::CUDAGuard guard(q.device());
-    auto dout = kernel_layout(grads[0].to(q.scalar_type()));
-    auto p = make_params(q, k, v, lengths, ctx->saved_data["scale"].toDouble(),
-                         ctx->saved_data["bias"].toDouble(), ctx->saved_data["has_bias"].toBool());
-    auto dq = torch::zeros(q.sizes(), q.options().dtype(torch::kFloat));
-    auto dk = torch::empty(q.sizes(), q.options());
-    auto dv = torch::empty(q.sizes(), q.options());
-    p.dout = dout.data_ptr();
-    for (int d = 0; d < 3; ++d) p.do_stride[d] = dout.stride(d);
-    p.dq_accum = dq.data_ptr<float>();
-    p.dk = dk.data_ptr();
-    p.dv = dv.data_ptr();
-    const auto stream = at::cuda::getCurrentCUDAStream();
-    if (!(use_hopper_path() && cuda::backward_sm90(p, stream))) cuda::backward_sm80(p, stream);
-    return {dq.to(q.scalar_type()), dk, dv, Tensor(), Tensor(), Tensor(), Tensor()};
+    auto dq = torch::empty_like(q, torch::MemoryFormat::Contiguous);
+    auto dk = torch::empty_like(dq), dv = torch::empty_like(dq);
+    run_backward(q, k, v, lengths, grads[0], ctx, dq, dk, dv);
+    return {dq, dk, dv, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// The same on one packed [B, N, 3, H, D] tensor (the fused QKV projection's output): the gradient is
+// one packed tensor too, dK and dV written into it by the kernel, so no stack of three gradients.
+class PackedSigmoidAttentionFn : public torch::autograd::Function<PackedSigmoidAttentionFn> {
+ public:
+  static Tensor forward(torch::autograd::AutogradContext* ctx, Tensor qkv, Tensor lengths, double scale,
+                        double bias, bool has_bias) {
+    const c10::cuda::CUDAGuard guard(qkv.device());
+    if (!(kernel_layout_ok(qkv.select(2, 0)) && kernel_layout_ok(qkv.select(2, 1)) && kernel_layout_ok(qkv.select(2, 2))))
+      qkv = qkv.contiguous();
+    auto o = run_forward(qkv.select(2, 0), qkv.select(2, 1), qkv.select(2, 2), lengths, scale, bias, has_bias);
+    ctx->save_for_backward({qkv, lengths});
+    save_options(ctx, scale, bias, has_bias);
+    return o;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &qkv = saved[0], &lengths = saved[1];
+    auto dqkv = torch::empty_like(qkv, torch::MemoryFormat::Contiguous);
+    run_backward(qkv.select(2, 0), qkv.select(2, 1), qkv.select(2, 2), lengths, grads[0], ctx, dqkv.select(2, 0),
+                 dqkv.select(2, 1), dqkv.select(2, 2));
+    return {dqkv, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -143,6 +197,21 @@ torch::Tensor sigmoid_attention(const torch::Tensor& q, const torch::Tensor& k, 
   }
 #endif
   return sigmoid_attention_reference(q, k, v, lengths, opts);
+}
+
+torch::Tensor sigmoid_attention_packed(const torch::Tensor& qkv, const torch::Tensor& lengths,
+                                       const SigmoidAttentionOptions& opts) {
+  TORCH_CHECK(qkv.dim() == 5 && qkv.size(2) == 3, "sigmoid_attention_packed: qkv must be [B, N, 3, H, D]");
+#ifdef SCTRAIN_HAVE_CUDA_KERNELS
+  if (sigmoid_attention_kernel_supports(qkv.select(2, 0))) {
+    TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == qkv.size(0), "sigmoid_attention: lengths must be [B]");
+    const double scale = opts.scale.value_or(1.0 / std::sqrt(static_cast<double>(qkv.size(4))));
+    auto len = lengths.to(qkv.device(), torch::kInt).contiguous();
+    return PackedSigmoidAttentionFn::apply(qkv, len, scale, opts.bias.value_or(0.0), opts.bias.has_value());
+  }
+#endif
+  const auto views = qkv.unbind(2);
+  return sigmoid_attention(views[0], views[1], views[2], lengths, opts);
 }
 
 }  // namespace sctrain::kernels

@@ -21,6 +21,11 @@ torch::Tensor sigmoid_attention(const torch::Tensor& q, const torch::Tensor& k,
                                 const torch::Tensor& v, const torch::Tensor& lengths,
                                 const SigmoidAttentionOptions& opts = {});
 
+// The same on one packed qkv [B, N, 3, H, D] (q, k, v = qkv[:, :, 0 | 1 | 2]), as a fused QKV
+// projection produces it; on the CUDA kernel its gradient is one packed tensor (no stack of three).
+torch::Tensor sigmoid_attention_packed(const torch::Tensor& qkv, const torch::Tensor& lengths,
+                                       const SigmoidAttentionOptions& opts = {});
+
 // The same function in LibTorch operations: runs on any device and dtype (autograd by LibTorch).
 torch::Tensor sigmoid_attention_reference(const torch::Tensor& q, const torch::Tensor& k,
                                           const torch::Tensor& v, const torch::Tensor& lengths,

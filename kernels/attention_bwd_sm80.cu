@@ -29,8 +29,9 @@ __global__ void __launch_bounds__(NW * 32) bwd_kernel(const AttnParams p) {
   const int len = clamp_len(p.lengths, b, p.N);
   const int64_t o_row = static_cast<int64_t>(p.H) * D;
   const int64_t off = static_cast<int64_t>(b) * p.N * o_row + static_cast<int64_t>(h) * D;
-  T* dk = static_cast<T*>(p.dk) + off;
-  T* dv = static_cast<T*>(p.dv) + off;
+  const int64_t dkv_off = b * p.dkv_stride[0] + h * p.dkv_stride[2], dkv_row = p.dkv_stride[1];
+  T* dk = static_cast<T*>(p.dk) + dkv_off;
+  T* dv = static_cast<T*>(p.dv) + dkv_off;
   float* dq = p.dq_accum + off;
   const int kr0 = k0 + warp * 16 + g, kr1 = kr0 + 8;  // this thread's two key rows
 
@@ -175,12 +176,12 @@ __global__ void __launch_bounds__(NW * 32) bwd_kernel(const AttnParams p) {
   for (int n = 0; n < D / 8; ++n) {
     const int c = n * 8 + 2 * t;
     if (kr0 < p.N) {
-      *reinterpret_cast<uint32_t*>(dk + kr0 * o_row + c) = v0 ? Traits<T>::pack(dka[n][0], dka[n][1]) : 0u;
-      *reinterpret_cast<uint32_t*>(dv + kr0 * o_row + c) = v0 ? Traits<T>::pack(dva[n][0], dva[n][1]) : 0u;
+      *reinterpret_cast<uint32_t*>(dk + kr0 * dkv_row + c) = v0 ? Traits<T>::pack(dka[n][0], dka[n][1]) : 0u;
+      *reinterpret_cast<uint32_t*>(dv + kr0 * dkv_row + c) = v0 ? Traits<T>::pack(dva[n][0], dva[n][1]) : 0u;
     }
     if (kr1 < p.N) {
-      *reinterpret_cast<uint32_t*>(dk + kr1 * o_row + c) = v1 ? Traits<T>::pack(dka[n][2], dka[n][3]) : 0u;
-      *reinterpret_cast<uint32_t*>(dv + kr1 * o_row + c) = v1 ? Traits<T>::pack(dva[n][2], dva[n][3]) : 0u;
+      *reinterpret_cast<uint32_t*>(dk + kr1 * dkv_row + c) = v1 ? Traits<T>::pack(dka[n][2], dka[n][3]) : 0u;
+      *reinterpret_cast<uint32_t*>(dv + kr1 * dkv_row + c) = v1 ? Traits<T>::pack(dva[n][2], dva[n][3]) : 0u;
     }
   }
 }

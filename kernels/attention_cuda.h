@@ -23,12 +23,14 @@ struct AttnParams {
   // Forward: O contiguous [B, N, H, D].
   void* o;
   // Backward: dO [B, N, H, D] strided; dQ accumulated in fp32 (contiguous, zeroed by the caller);
-  // dK, dV contiguous [B, N, H, D] in the input dtype.
+  // dK, dV [B, N, H, D] in the input dtype with strides dkv_stride (unit last stride; e.g. slices of
+  // one packed [B, N, 3, H, D] gradient).
   const void* dout;
   int64_t do_stride[3];
   float* dq_accum;
   void* dk;
   void* dv;
+  int64_t dkv_stride[3];
 };
 
 // Compute capability major*10+minor of the current device (cached per device).
@@ -40,5 +42,8 @@ void backward_sm80(const AttnParams& p, cudaStream_t stream);
 // (no cuTensorMapEncodeTiled): the caller then uses the portable path.
 bool forward_sm90(const AttnParams& p, cudaStream_t stream);
 bool backward_sm90(const AttnParams& p, cudaStream_t stream);
+// After a backward: dQ = p.dq_accum in p's dtype into dq, [B, N, H, D] with strides dq_stride (unit last
+// stride, 16-byte aligned rows).
+void convert_dq(const AttnParams& p, void* dq, const int64_t (&dq_stride)[3], cudaStream_t stream);
 
 }  // namespace sctrain::kernels::cuda

@@ -156,105 +156,44 @@ AttentionImpl::AttentionImpl(const ModelConfig& c) : c_(c), sigmoid_(c.attention
 }
 
 namespace {
-
-// x in the compute dtype; w and b in their own (float32 master weights under autocast), cast
-// here to x's dtype. The weight and bias gradients come out of their GEMMs in w's and b's dtype
-// (bf16 products, float32 accumulation and output: at::mm's out_dtype), so no cast kernel turns
-// bf16 gradients into float32 ones afterwards.
-struct LinearGemmGrads : public torch::autograd::Function<LinearGemmGrads> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
-                               const torch::Tensor& w, const torch::Tensor& b) {
-    const auto t = x.scalar_type();
-    const auto wt = w.scalar_type() == t ? w : w.to(t);
-    ctx->save_for_backward({x, wt});
-    ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
-    ctx->saved_data["b_dtype"] = static_cast<int64_t>(b.scalar_type());
-    return at::addmm(b.scalar_type() == t ? b : b.to(t), x, wt.t());  // bias in the cuBLASLt epilogue on CUDA
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const auto &x = saved[0], &w = saved[1];
-    auto dy = grads[0].contiguous();
-    const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
-    const auto b_dtype = static_cast<at::ScalarType>(ctx->saved_data["b_dtype"].toInt());
-    auto mm_to = [](const torch::Tensor& a, const torch::Tensor& m, at::ScalarType out) {
-      return out == a.scalar_type() ? a.mm(m) : at::mm(a, m, out);
-    };
-    torch::Tensor dx, dw, db;
-    if (ctx->needs_input_grad(0)) dx = dy.mm(w);
-    if (ctx->needs_input_grad(1)) dw = mm_to(dy.t(), x, w_dtype);
-    if (ctx->needs_input_grad(2)) db = mm_to(torch::ones({1, dy.size(0)}, dy.options()), dy, b_dtype).view({-1});
-    return {dx, dw, db};
-  }
-};
-
-std::atomic<bool> g_direct_weight_grads{true};
-
+std::atomic<bool> g_packed_qkv{true};
 }  // namespace
 
-void set_direct_weight_grads(bool on) { g_direct_weight_grads.store(on); }
-
-torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
-  const auto dev = x.device().type();
-  if (at::autocast::is_autocast_enabled(dev)) {
-    const auto t = at::autocast::get_autocast_dtype(dev);
-    // On CUDA the float32 weights go in as they are (cast inside, gradients straight from the
-    // GEMMs); elsewhere (at::mm's out_dtype is CUDA-only), or with set_direct_weight_grads(false),
-    // through the autocast weight cache, whose cast's backward casts the gradients.
-    if (dev == c10::DeviceType::CUDA && g_direct_weight_grads.load(std::memory_order_relaxed) &&
-        w.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && t != at::kFloat)
-      return LinearGemmGrads::apply(at::autocast::cached_cast(t, x, dev), w, b);
-    return LinearGemmGrads::apply(at::autocast::cached_cast(t, x, dev), at::autocast::cached_cast(t, w, dev),
-                                  at::autocast::cached_cast(t, b, dev));
-  }
-  return LinearGemmGrads::apply(x, w, b);
-}
-
-// Linear layers see [B*N, d]: a 2-D input takes addmm, whose cuBLASLt path adds the bias
-// in the GEMM epilogue; for 3-D inputs at::linear here ran matmul + a broadcast add_.
-// On CUDA, linear_gemm_grads also makes the bias and weight gradients cheaper.
-static torch::Tensor linear_2d(torch::nn::Linear& l, const torch::Tensor& x) {
-  auto apply = [&](const torch::Tensor& x2) {
-    if (x2.is_cuda() && l->bias.defined()) return linear_gemm_grads(x2, l->weight, l->bias);
-    return l(x2);
-  };
-  if (x.dim() == 2) return apply(x);
-  auto sizes = x.sizes().vec();
-  auto y = apply(x.reshape({-1, sizes.back()}));
-  sizes.back() = y.size(1);
-  return y.view(sizes);
-}
+void set_packed_qkv_attention(bool on) { g_packed_qkv.store(on); }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
   const int64_t B = x.size(0), N = x.size(1), H = c_.n_heads, Dh = c_.head_dim();
   auto fused = linear_2d(qkv, x).view({B, N, 3, H, Dh});
-  // Strided views [B, N, H, Dh] into the fused projection: no copies. unbind, not three
-  // selects: its backward stacks dq, dk, dv into one buffer, where each select's backward
-  // would zero-fill a full [B, N, 3, H, Dh] tensor and the three would then be summed.
-  auto views = fused.unbind(2);
-  torch::Tensor q = views[0], k = views[1], v = views[2];
-  if (c_.qk_norm) {
-    // Under autocast's float32 LayerNorm (CPU autocast, or the bf16 path off), bring q and
-    // k back to v's dtype; on the CUDA bf16 path they already are.
-    q = layer_norm_for_gemm(q_norm, q).to(v.scalar_type());
-    k = layer_norm_for_gemm(k_norm, k).to(v.scalar_type());
-  }
-  torch::Tensor o;
-  if (sigmoid_) {
-    kernels::SigmoidAttentionOptions opts;
-    opts.bias = c_.sigmoid_bias;
-    o = kernels::sigmoid_attention(q, k, v, ctx.lengths, opts).view({B, N, c_.d_model});
+  kernels::SigmoidAttentionOptions sigmoid_opts;
+  sigmoid_opts.bias = c_.sigmoid_bias;
+  torch::Tensor o;  // [B, N, H, Dh]
+  if (sigmoid_ && !c_.qk_norm && g_packed_qkv.load(std::memory_order_relaxed)) {
+    // The kernel reads q, k, v inside the fused projection and writes their gradient packed.
+    o = kernels::sigmoid_attention_packed(fused, ctx.lengths, sigmoid_opts);
   } else {
-    std::optional<at::Tensor> mask;
-    if (ctx.key_mask.defined()) mask = ctx.key_mask;
-    const double p = is_training() ? c_.dropout : 0.0;
-    o = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         mask, p, /*is_causal=*/false)
-            .transpose(1, 2)
-            .reshape({B, N, c_.d_model});
+    // Strided views [B, N, H, Dh] into the fused projection: no copies. unbind, not three
+    // selects: its backward stacks dq, dk, dv into one buffer, where each select's backward
+    // would zero-fill a full [B, N, 3, H, Dh] tensor and the three would then be summed.
+    auto views = fused.unbind(2);
+    torch::Tensor q = views[0], k = views[1], v = views[2];
+    if (c_.qk_norm) {
+      // Under autocast's float32 LayerNorm (CPU autocast, or the bf16 path off), bring q and
+      // k back to v's dtype; on the CUDA bf16 path they already are.
+      q = layer_norm_for_gemm(q_norm, q).to(v.scalar_type());
+      k = layer_norm_for_gemm(k_norm, k).to(v.scalar_type());
+    }
+    if (sigmoid_) {
+      o = kernels::sigmoid_attention(q, k, v, ctx.lengths, sigmoid_opts);
+    } else {
+      std::optional<at::Tensor> mask;
+      if (ctx.key_mask.defined()) mask = ctx.key_mask;
+      const double p = is_training() ? c_.dropout : 0.0;
+      o = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, p,
+                                           /*is_causal=*/false)
+              .transpose(1, 2);
+    }
   }
-  return linear_2d(proj, o);
+  return linear_2d(proj, o.reshape({B, N, c_.d_model}));
 }
 
 // ---- Feed-forward and block ------------------------------------------------------
@@ -265,7 +204,7 @@ FeedForwardImpl::FeedForwardImpl(const ModelConfig& c) {
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  return linear_2d(fc2, torch::gelu(linear_2d(fc1, x)));
+  return linear_2d(fc2, linear_gelu(fc1, x));
 }
 
 BlockImpl::BlockImpl(const ModelConfig& c) : pre_ln_(c.norm == "pre"), dropout_(c.dropout) {
@@ -347,6 +286,7 @@ torch::Tensor ModelImpl::forward(const Inputs& in) {
   const int64_t B = in.tokens.size(0), N = in.tokens.size(1);
   TORCH_CHECK(N <= c_.max_len || !c_.position_embedding, "sequence of ", N,
               " tokens exceeds model.max_len ", c_.max_len);
+  if (in.tokens.is_cuda()) refresh_weight_casts();  // the GEMMs' bf16 weight copies, after an update
   auto h = gene_emb(in.tokens);
   if (bin_emb) {
     TORCH_CHECK(in.bins.defined(), "model.n_bins > 0 but the batch has no expression bins");
@@ -385,7 +325,7 @@ MlmOutput ModelImpl::mlm(const torch::Tensor& hidden, const torch::Tensor& posit
   MlmOutput out;
   out.n_masked = positions.size(0);
   auto h = hidden.reshape({-1, c_.d_model}).index_select(0, positions);  // [M, d]
-  h = layer_norm_for_gemm(head_norm, torch::gelu(linear_2d(head_dense, h)));
+  h = layer_norm_for_gemm(head_norm, linear_gelu(head_dense, h));
   out.logits = h.is_cuda() ? linear_gemm_grads(h, gene_emb->weight, head_bias)  // [M, V]
                            : torch::nn::functional::linear(h, gene_emb->weight, head_bias);
   out.targets = targets;

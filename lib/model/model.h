@@ -44,6 +44,25 @@ Inputs to_inputs(const data::Batch& b, const torch::Device& device);
 torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
 void set_direct_weight_grads(bool on);
 
+// w cast to t for a GEMM. A float32 CUDA leaf cast to bf16 (the linear layers' weights under autocast)
+// is cast once and kept, and recast when w changes (its version counter, as in-place updates such as
+// the optimizer's bump it, or its storage): refresh_weight_casts() recasts every stale kept copy in
+// one multi-tensor copy (ModelImpl::forward calls it first), instead of one cast kernel per weight and
+// bias in every forward. set_cached_weight_casts(false): a cast at each use (A/B, tests).
+torch::Tensor cast_weight(const torch::Tensor& w, at::ScalarType t);
+void refresh_weight_casts();
+void set_cached_weight_casts(bool on);
+
+// l(x) for x [..., in]: 2-D inputs for the GEMM (addmm adds the bias in its epilogue; a 3-D input
+// would take matmul + a broadcast add), through linear_gemm_grads on CUDA.
+torch::Tensor linear_2d(torch::nn::Linear& l, const torch::Tensor& x);
+// gelu(l(x)) (exact GELU). Under CUDA bf16 autocast (float32 weights, out_features % 8 == 0) one
+// autograd node: the GEMM, then our GELU kernel; its backward's kernel writes GELU's input gradient
+// and the bias gradient in one pass (kernels/gelu.cu). Elsewhere, or with set_fused_gelu(false)
+// (A/B, tests), torch::gelu(linear_2d(l, x)).
+torch::Tensor linear_gelu(torch::nn::Linear& l, const torch::Tensor& x);
+void set_fused_gelu(bool on);
+
 // LayerNorm whose output feeds a GEMM. Under CUDA bf16 autocast it runs in bf16: the input
 // is cast to bf16 and the norm's weight and bias go through the autocast weight cache (as
 // linear layers' weights do), so it reads and writes half the bytes of autocast's float32
@@ -91,6 +110,11 @@ struct Residual {
   torch::Tensor r, h;
   torch::Tensor sum() const { return h.defined() ? r + h : r; }
 };
+
+// Sigmoid attention without QK-norm takes the fused projection packed (kernels::sigmoid_attention_packed:
+// on the CUDA kernel its gradient is written packed, with no stack of dq, dk, dv). On by default; off
+// for A/B measurements (then q, k, v views as for softmax). Process-wide.
+void set_packed_qkv_attention(bool on);
 
 // What the attention layers share in one forward pass.
 struct AttentionContext {

@@ -157,7 +157,10 @@ int bench_train(Config cfg, const BenchOptions& o) {
   // SCTRAIN_BF16_LN=0 runs the LayerNorms that feed GEMMs in float32 (autocast's policy),
   // SCTRAIN_BF16_LN=nosplit in bf16 but without model::split_for_bf16_norm;
   // SCTRAIN_FUSED_ADD_LN=0 runs the pre-LN residual adds and norms as separate ops;
-  // SCTRAIN_DIRECT_WGRAD=0 casts the linear layers' bf16 weight gradients to float32 (autocast's way).
+  // SCTRAIN_DIRECT_WGRAD=0 casts the linear layers' bf16 weight gradients to float32 (autocast's way);
+  // SCTRAIN_FUSED_GELU=0 runs the feed-forward's GELU and its bias gradient as LibTorch ops;
+  // SCTRAIN_PACKED_QKV=0 gives the sigmoid kernel q, k, v views (their gradients stacked by autograd);
+  // SCTRAIN_CACHED_CASTS=0 casts each weight to bf16 at every use.
   auto env_is = [](const char* name, const char* value) {
     const char* e = std::getenv(name);
     return e != nullptr && std::string(e) == value;
@@ -178,6 +181,9 @@ int bench_train(Config cfg, const BenchOptions& o) {
   }
   const bool direct_wgrad = !env_is("SCTRAIN_DIRECT_WGRAD", "0");
   model::set_direct_weight_grads(direct_wgrad);
+  model::set_fused_gelu(!env_is("SCTRAIN_FUSED_GELU", "0"));
+  model::set_packed_qkv_attention(!env_is("SCTRAIN_PACKED_QKV", "0"));
+  model::set_cached_weight_casts(!env_is("SCTRAIN_CACHED_CASTS", "0"));
   std::string status = "ok";
   double tps = 0, tflops = 0, mem = -1, step_ms = 0, loss = 0;
   int64_t params = 0;

@@ -57,6 +57,9 @@ void AdamW::step(double lr, const std::optional<torch::Tensor>& grad_scale,
       try {
         at::_fused_adamw_(p, gr, m, v, {}, st, lr, opts_.beta1, opts_.beta2, wd, opts_.eps,
                           /*amsgrad=*/false, /*maximize=*/false, grad_scale, found_inf);
+        // The fused op leaves the version counters as they were; bump them, as any in-place update
+        // does, so that what keys on them (the GEMMs' kept bf16 weight copies) sees the change.
+        for (auto& t : p) t.unsafeGetTensorImpl()->bump_version();
         continue;
       } catch (const c10::Error& e) {
         log::warn(str("fused AdamW unavailable (", e.what_without_backtrace(),

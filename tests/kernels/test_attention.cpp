@@ -56,6 +56,7 @@ struct Case {
   bool fused = true;
   std::optional<double> scale, bias;
   bool nan_padding = false;  // Q, K, V rows past each length hold NaN (the reference sees zeros there)
+  bool packed = false;       // through sigmoid_attention_packed on the fused tensor (needs fused)
 };
 
 void check_padding_zero(const Tensor& x, const std::vector<int>& lens, const char* what) {
@@ -69,9 +70,9 @@ void check_padding_zero(const Tensor& x, const std::vector<int>& lens, const cha
 void run_case(const Case& c, uint64_t seed) {
   torch::manual_seed(seed);
   auto opt = torch::dtype(c.dtype).device(torch::kCUDA);
-  Tensor q, k, v;
+  Tensor qkv, q, k, v;
   if (c.fused) {
-    auto qkv = torch::randn({c.B, c.N, 3, c.H, c.D}, opt);
+    qkv = torch::randn({c.B, c.N, 3, c.H, c.D}, opt);
     q = qkv.select(2, 0), k = qkv.select(2, 1), v = qkv.select(2, 2);
   } else {
     q = torch::randn({c.B, c.N, c.H, c.D}, opt);
@@ -98,9 +99,20 @@ void run_case(const Case& c, uint64_t seed) {
 
   const int64_t bytes = q.numel() * 4;
   poison_allocator(bytes);
-  auto o = sctrain::kernels::sigmoid_attention(q, k, v, lengths, opts);
-  poison_allocator(bytes);
-  auto grads = torch::autograd::grad({o}, {q, k, v}, {dout});
+  Tensor o;
+  std::vector<Tensor> grads;
+  if (c.packed) {
+    qkv = qkv.detach().requires_grad_();
+    o = sctrain::kernels::sigmoid_attention_packed(qkv, lengths, opts);
+    poison_allocator(bytes);
+    auto g = torch::autograd::grad({o}, {qkv}, {dout})[0];
+    EXPECT_TRUE(g.is_contiguous()) << "the packed gradient is one [B, N, 3, H, D] tensor";
+    grads = {g.select(2, 0), g.select(2, 1), g.select(2, 2)};
+  } else {
+    o = sctrain::kernels::sigmoid_attention(q, k, v, lengths, opts);
+    poison_allocator(bytes);
+    grads = torch::autograd::grad({o}, {q, k, v}, {dout});
+  }
   torch::cuda::synchronize();
 
   auto q64 = q_ref.to(torch::kDouble).requires_grad_();
@@ -126,15 +138,17 @@ const char* dtype_name(torch::ScalarType t) { return t == torch::kBFloat16 ? "bf
 #define REQUIRE_GPU() \
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU"
 
-void edge_cases() {
+void edge_cases(bool packed = false) {
   for (auto dt : {torch::kBFloat16, torch::kHalf})
     for (int d : {64, 128}) {
-      SCOPED_TRACE(std::string(dtype_name(dt)) + " d" + std::to_string(d));
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " d" + std::to_string(d) + (packed ? " packed" : ""));
       // length 1, odd, not a multiple of the tile, zero, full
-      run_case({5, 200, 2, d, dt, {1, 0, 199, 64, 200}}, 1);
-      run_case({3, 129, 3, d, dt, {129, 65, 127}}, 2);
-      run_case({2, 1, 1, d, dt, {1, 0}}, 3);
-      run_case({2, 70, 2, d, dt, {0, 0}}, 4);
+      uint64_t seed = 1;
+      for (Case c : {Case{5, 200, 2, d, dt, {1, 0, 199, 64, 200}}, Case{3, 129, 3, d, dt, {129, 65, 127}},
+                     Case{2, 1, 1, d, dt, {1, 0}}, Case{2, 70, 2, d, dt, {0, 0}}}) {
+        c.packed = packed;
+        run_case(c, seed++);
+      }
     }
 }
 
@@ -149,6 +163,20 @@ TEST(SigmoidAttentionGpu, PortablePathEdgeLengths) {
   setenv("SCTRAIN_ATTENTION_PATH", "sm80", 1);
   edge_cases();
   run_case({2, 1000, 2, 64, torch::kBFloat16, {513, 1000}}, 9);
+  unsetenv("SCTRAIN_ATTENTION_PATH");
+}
+
+// q, k, v packed in one tensor: dK and dV go straight into the packed gradient, on both paths.
+TEST(SigmoidAttentionGpu, PackedQkvEdgeLengths) {
+  REQUIRE_GPU();
+  for (const char* path : {"default", "sm80"}) {
+    SCOPED_TRACE(path);
+    setenv("SCTRAIN_ATTENTION_PATH", path, 1);
+    edge_cases(/*packed=*/true);
+    Case c{3, 300, 2, 64, torch::kBFloat16, {77, 256, 300}};
+    c.nan_padding = c.packed = true;
+    run_case(c, 23);
+  }
   unsetenv("SCTRAIN_ATTENTION_PATH");
 }
 
@@ -171,6 +199,7 @@ TEST(SigmoidAttentionGpu, RandomShapes) {
     c.dtype = rng() % 2 ? torch::kBFloat16 : torch::kHalf;
     for (int b = 0; b < c.B; ++b) c.lens.push_back(static_cast<int>(rng() % (c.N + 1)));
     c.fused = rng() % 4 != 0;
+    c.packed = c.fused && rng() % 2;
     if (rng() % 3 == 0) c.bias = -1.5;
     if (rng() % 3 == 0) c.scale = 0.1;
     SCOPED_TRACE("B" + std::to_string(c.B) + " N" + std::to_string(c.N) + " H" + std::to_string(c.H) +
@@ -233,6 +262,12 @@ TEST(SigmoidAttentionCpu, FallsBackToReference) {
   EXPECT_LT(rel_err(o.detach(), ref), 1e-5);
   o.sum().backward();
   EXPECT_TRUE(q.grad().defined());
+
+  auto qkv = torch::stack({q.detach(), k, v}, 2).requires_grad_();
+  auto packed = sctrain::kernels::sigmoid_attention_packed(qkv, lengths);
+  EXPECT_TRUE(torch::equal(packed, o.detach()));
+  packed.sum().backward();
+  EXPECT_TRUE(torch::allclose(qkv.grad().select(2, 0), q.grad()));
 }
 
 }  // namespace

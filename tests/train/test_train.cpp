@@ -507,6 +507,40 @@ void non_finite_step_is_skipped(const std::string& device) {
 
 TEST(Engine, NonFiniteStepIsSkipped) { non_finite_step_is_skipped("cpu"); }
 
+// The GEMMs' kept bf16 weight copies follow every optimizer step (fused AdamW bumps the weights'
+// version counters): after each step's refresh each kept copy is the weight's cast, and training with
+// them gives the losses of casting at every use.
+TEST(Engine, KeptWeightCastsFollowUpdatesGpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  auto cfg = tiny_engine("cuda", 0.05);
+  cfg.model.qk_norm = false;
+  cfg.model.attention = "sigmoid";
+  std::vector<data::Batch> batches;
+  for (uint64_t i = 0; i < 4; ++i) batches.push_back(synthetic_batch(3, 16, 60, 21 + i));
+  std::vector<double> kept, per_use;
+  for (bool cache : {true, false}) {
+    model::set_cached_weight_casts(cache);
+    torch::manual_seed(5);
+    train::Engine e(cfg);
+    for (const auto& b : batches) {
+      (cache ? kept : per_use).push_back(e.train_step({b}).loss);
+      if (!cache) continue;
+      model::refresh_weight_casts();  // recasts what the update changed, in one multi-tensor copy
+      int checked = 0;
+      for (const auto& p : e.model()->parameters()) {
+        if (p.dim() != 2) continue;  // the linear and embedding weights
+        auto c = model::cast_weight(p, torch::kBFloat16);
+        EXPECT_TRUE(torch::equal(c, p.detach().to(torch::kBFloat16))) << "a kept copy missed an update";
+        ++checked;
+      }
+      EXPECT_GT(checked, 4);
+    }
+  }
+  model::set_cached_weight_casts(true);
+  ASSERT_EQ(kept.size(), per_use.size());
+  for (size_t i = 0; i < kept.size(); ++i) EXPECT_NEAR(kept[i], per_use[i], 1e-3 * std::abs(per_use[i])) << i;
+}
+
 TEST(Engine, NonFiniteStepIsSkippedGpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
   non_finite_step_is_skipped("cuda");

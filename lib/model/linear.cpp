@@ -1,0 +1,221 @@
+// The linear layers' GEMM paths: bias in the cuBLASLt epilogue, float32 weight gradients straight from
+// the GEMMs under autocast, their bf16 weight copies kept across steps, and the first feed-forward
+// layer fused with its GELU on the CUDA bf16 path.
+#include <ATen/autocast_mode.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "model/model.h"
+
+#ifdef SCTRAIN_HAVE_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "kernels/gelu.h"
+#endif
+
+namespace sctrain::model {
+
+namespace {
+
+struct CastEntry {
+  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> src;
+  const void* data;
+  int64_t version;
+  torch::Tensor copy;
+};
+std::mutex g_casts_mu;
+std::unordered_map<const c10::TensorImpl*, CastEntry> g_casts;
+std::atomic<bool> g_cache_casts{true};
+
+bool cacheable(const torch::Tensor& w, at::ScalarType t) {
+  return g_cache_casts.load(std::memory_order_relaxed) && w.is_cuda() && w.scalar_type() == at::kFloat &&
+         t == at::kBFloat16 && w.is_leaf();
+}
+
+}  // namespace
+
+void set_cached_weight_casts(bool on) {
+  g_cache_casts.store(on);
+  if (!on) {
+    std::lock_guard<std::mutex> lock(g_casts_mu);
+    g_casts.clear();
+  }
+}
+
+torch::Tensor cast_weight(const torch::Tensor& w, at::ScalarType t) {
+  if (w.scalar_type() == t) return w;
+  if (!cacheable(w, t)) return w.to(t);
+  std::lock_guard<std::mutex> lock(g_casts_mu);
+  auto it = g_casts.find(w.unsafeGetTensorImpl());
+  if (it != g_casts.end() && !it->second.src.expired() && it->second.data == w.data_ptr() &&
+      it->second.version == static_cast<int64_t>(w._version()) && it->second.copy.sizes() == w.sizes())
+    return it->second.copy;
+  torch::NoGradGuard no_grad;
+  auto copy = w.to(t);
+  g_casts.insert_or_assign(w.unsafeGetTensorImpl(),
+                          CastEntry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(w.getIntrusivePtr()),
+                                    w.data_ptr(), static_cast<int64_t>(w._version()), copy});
+  return copy;
+}
+
+void refresh_weight_casts() {
+  std::lock_guard<std::mutex> lock(g_casts_mu);
+  std::vector<torch::Tensor> dst, src;
+  std::vector<CastEntry*> stale;
+  for (auto it = g_casts.begin(); it != g_casts.end();) {
+    auto w = it->second.src.lock();
+    if (!w || w->data() != it->second.data || w->sizes() != it->second.copy.sizes() || !w->is_contiguous()) {
+      it = g_casts.erase(it);  // gone, or new storage: cast afresh on its next use
+      continue;
+    }
+    if (static_cast<int64_t>(w->version_counter().current_version()) != it->second.version) {
+      dst.push_back(it->second.copy);
+      src.push_back(torch::Tensor(std::move(w)));
+      stale.push_back(&it->second);
+    }
+    ++it;
+  }
+  if (dst.empty()) return;
+  torch::NoGradGuard no_grad;
+  at::_foreach_copy_(dst, src);
+  for (size_t i = 0; i < stale.size(); ++i) stale[i]->version = static_cast<int64_t>(src[i]._version());
+}
+
+namespace {
+
+torch::Tensor mm_to(const torch::Tensor& a, const torch::Tensor& m, at::ScalarType out) {
+  return out == a.scalar_type() ? a.mm(m) : at::mm(a, m, out);
+}
+
+// x in the compute dtype; w and b in their own (float32 master weights under autocast), cast
+// here to x's dtype. The weight and bias gradients come out of their GEMMs in w's and b's dtype
+// (bf16 products, float32 accumulation and output: at::mm's out_dtype), so no cast kernel turns
+// bf16 gradients into float32 ones afterwards.
+struct LinearGemmGrads : public torch::autograd::Function<LinearGemmGrads> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& w, const torch::Tensor& b) {
+    const auto t = x.scalar_type();
+    const auto wt = cast_weight(w, t);
+    ctx->save_for_backward({x, wt});
+    ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
+    ctx->saved_data["b_dtype"] = static_cast<int64_t>(b.scalar_type());
+    return at::addmm(cast_weight(b, t), x, wt.t());  // bias in the cuBLASLt epilogue on CUDA
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w = saved[1];
+    auto dy = grads[0].contiguous();
+    const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
+    const auto b_dtype = static_cast<at::ScalarType>(ctx->saved_data["b_dtype"].toInt());
+    torch::Tensor dx, dw, db;
+    if (ctx->needs_input_grad(0)) dx = dy.mm(w);
+    if (ctx->needs_input_grad(1)) dw = mm_to(dy.t(), x, w_dtype);
+    if (ctx->needs_input_grad(2)) db = mm_to(torch::ones({1, dy.size(0)}, dy.options()), dy, b_dtype).view({-1});
+    return {dx, dw, db};
+  }
+};
+
+#ifdef SCTRAIN_HAVE_CUDA_KERNELS
+// gelu(x W^T + b) for bf16 x and float32 W, b (CUDA autocast): the GEMM as LinearGemmGrads, GELU by
+// our kernel; the backward's kernel writes GELU's input gradient and its column sums (b's gradient)
+// in one pass, so no GEMM against ones. The pre-activation is saved, as LibTorch's GELU saves it.
+struct LinearGelu : public torch::autograd::Function<LinearGelu> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& w, const torch::Tensor& b) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const auto wt = cast_weight(w, at::kBFloat16);
+    auto a = at::addmm(cast_weight(b, at::kBFloat16), x, wt.t());
+    auto y = at::empty_like(a);
+    kernels::cuda::gelu_forward_bf16(a.data_ptr(), y.data_ptr(), a.numel(), c10::cuda::getCurrentCUDAStream().stream());
+    ctx->save_for_backward({x, wt, a});
+    return y;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w = saved[1], &a = saved[2];
+    const c10::cuda::CUDAGuard guard(x.device());
+    auto dy = grads[0].to(at::kBFloat16).contiguous();
+    const int64_t rows = a.size(0);
+    const int cols = static_cast<int>(a.size(1));
+    auto da = at::empty_like(a);
+    const auto f32 = a.options().dtype(at::kFloat);
+    auto partial = at::empty({kernels::cuda::gelu_backward_partials(rows, cols), cols}, f32);
+    auto db = at::empty({cols}, f32);
+    kernels::cuda::gelu_backward_bf16(dy.data_ptr(), a.data_ptr(), da.data_ptr(), partial.data_ptr<float>(),
+                                      db.data_ptr<float>(), rows, cols, c10::cuda::getCurrentCUDAStream().stream());
+    torch::Tensor dx, dw;
+    if (ctx->needs_input_grad(0)) dx = da.mm(w);
+    if (ctx->needs_input_grad(1)) dw = at::mm(da.t(), x, at::kFloat);
+    return {dx, dw, db};
+  }
+};
+#endif
+
+std::atomic<bool> g_direct_weight_grads{true};
+std::atomic<bool> g_fused_gelu{true};
+
+}  // namespace
+
+void set_direct_weight_grads(bool on) { g_direct_weight_grads.store(on); }
+
+torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  const auto dev = x.device().type();
+  if (at::autocast::is_autocast_enabled(dev)) {
+    const auto t = at::autocast::get_autocast_dtype(dev);
+    // On CUDA the float32 weights go in as they are (cast inside, gradients straight from the
+    // GEMMs); elsewhere (at::mm's out_dtype is CUDA-only), or with set_direct_weight_grads(false),
+    // through the autocast weight cache, whose cast's backward casts the gradients.
+    if (dev == c10::DeviceType::CUDA && g_direct_weight_grads.load(std::memory_order_relaxed) &&
+        w.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && t != at::kFloat)
+      return LinearGemmGrads::apply(at::autocast::cached_cast(t, x, dev), w, b);
+    return LinearGemmGrads::apply(at::autocast::cached_cast(t, x, dev), at::autocast::cached_cast(t, w, dev),
+                                  at::autocast::cached_cast(t, b, dev));
+  }
+  return LinearGemmGrads::apply(x, w, b);
+}
+
+// Linear layers see [B*N, d]: a 2-D input takes addmm, whose cuBLASLt path adds the bias
+// in the GEMM epilogue; for 3-D inputs at::linear here ran matmul + a broadcast add_.
+// On CUDA, linear_gemm_grads also makes the bias and weight gradients cheaper.
+torch::Tensor linear_2d(torch::nn::Linear& l, const torch::Tensor& x) {
+  auto apply = [&](const torch::Tensor& x2) {
+    if (x2.is_cuda() && l->bias.defined()) return linear_gemm_grads(x2, l->weight, l->bias);
+    return l(x2);
+  };
+  if (x.dim() == 2) return apply(x);
+  auto sizes = x.sizes().vec();
+  auto y = apply(x.reshape({-1, sizes.back()}));
+  sizes.back() = y.size(1);
+  return y.view(sizes);
+}
+
+
+void set_fused_gelu(bool on) { g_fused_gelu.store(on); }
+
+torch::Tensor linear_gelu(torch::nn::Linear& l, const torch::Tensor& x) {
+#ifdef SCTRAIN_HAVE_CUDA_KERNELS
+  const auto& w = l->weight;
+  const auto& b = l->bias;
+  const int64_t cols = w.size(0);
+  if (x.is_cuda() && g_fused_gelu.load(std::memory_order_relaxed) && g_direct_weight_grads.load(std::memory_order_relaxed) &&
+      at::autocast::is_autocast_enabled(c10::DeviceType::CUDA) &&
+      at::autocast::get_autocast_dtype(c10::DeviceType::CUDA) == at::kBFloat16 && b.defined() &&
+      w.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && cols % 8 == 0) {
+    auto sizes = x.sizes().vec();
+    auto x2 = at::autocast::cached_cast(at::kBFloat16, x.reshape({-1, sizes.back()}), c10::DeviceType::CUDA).contiguous();
+    auto y = LinearGelu::apply(x2, w, b);
+    sizes.back() = cols;
+    return y.view(sizes);
+  }
+#endif
+  return torch::gelu(linear_2d(l, x));
+}
+
+}  // namespace sctrain::model
