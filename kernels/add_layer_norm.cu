@@ -240,9 +240,7 @@ int backward_blocks_per_sm() {
 int add_layer_norm_max_dim() { return 32 * 8 * kMaxV; }
 
 int add_layer_norm_backward_grid(int64_t rows, int d, NormType dy_type) {
-  int dev = 0, sms = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const int sms = sm_count();
   int per_sm = 1;
   with_v(vectors_per_lane(d), [&](auto v) {
     with_type(dy_type, [&](auto y) { per_sm = backward_blocks_per_sm<decltype(v)::value, decltype(y)>(); });

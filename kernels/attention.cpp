@@ -70,7 +70,9 @@ void run_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
                   torch::autograd::AutogradContext* ctx, const Tensor& dq_out, const Tensor& dk_out,
                   const Tensor& dv_out) {
   const c10::cuda::CUDAGuard guard(q.device());
-  TORCH_CHECK(dk_out.strides() == dv_out.strides() && dk_out.stride(3) == 1, "sigmoid attention: dK, dV layout");
+  TORCH_CHECK(dk_out.strides() == dv_out.strides() && dk_out.stride(3) == 1 && kernel_layout_ok(dq_out) &&
+                  dq_out.scalar_type() == q.scalar_type(),
+              "sigmoid attention: gradient layout");
   auto dout = kernel_layout(dout_in.to(q.scalar_type()));
   auto p = make_params(q, k, v, lengths, ctx->saved_data["scale"].toDouble(), ctx->saved_data["bias"].toDouble(),
                        ctx->saved_data["has_bias"].toBool());
@@ -85,12 +87,8 @@ void run_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   p.dv = dv_out.data_ptr();
   const auto stream = at::cuda::getCurrentCUDAStream();
   if (!(use_hopper_path() && cuda::backward_sm90(p, stream))) cuda::backward_sm80(p, stream);
-  if (kernel_layout_ok(dq_out) && dq_out.scalar_type() == q.scalar_type()) {
-    const int64_t dq_stride[3] = {dq_out.stride(0), dq_out.stride(1), dq_out.stride(2)};
-    cuda::convert_dq(p, dq_out.data_ptr(), dq_stride, stream);
-  } else {
-    dq_out.copy_(dq);
-  }
+  const int64_t dq_stride[3] = {dq_out.stride(0), dq_out.stride(1), dq_out.stride(2)};
+  cuda::convert_dq(p, dq_out.data_ptr(), dq_stride, stream);
 }
 
 Tensor run_forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lengths, double scale, double bias,

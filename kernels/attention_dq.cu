@@ -5,6 +5,7 @@
 
 #include "kernels/attention_cuda.h"
 #include "kernels/launch.cuh"
+#include "kernels/rows_common.cuh"
 #include "kernels/sm80_common.cuh"
 
 namespace sctrain::kernels::cuda {
@@ -38,10 +39,7 @@ void convert_dq(const AttnParams& p, void* dq, const int64_t (&dq_stride)[3], cu
     using T = typename decltype(t)::type;
     constexpr int D = decltype(d)::value;
     const int64_t chunks = static_cast<int64_t>(p.B) * p.N * p.H * (D / 8);
-    int dev = 0, sms = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    const int64_t grid = std::min<int64_t>((chunks + 255) / 256, static_cast<int64_t>(sms) * 8);
+    const int64_t grid = std::min<int64_t>((chunks + 255) / 256, static_cast<int64_t>(sm_count()) * 8);
     convert_dq_kernel<T, D><<<static_cast<unsigned>(grid), 256, 0, stream>>>(
         p.dq_accum, static_cast<T*>(dq), dq_stride[0], dq_stride[1], dq_stride[2], p.N, p.H, chunks);
   });

@@ -83,13 +83,6 @@ void check_launch(const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string("gelu ") + what + ": " + cudaGetErrorString(err));
 }
 
-int sm_count() {
-  int dev = 0, sms = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  return std::max(sms, 1);
-}
-
 }  // namespace
 
 void gelu_forward_bf16(const void* a, void* y, int64_t n, void* stream) {

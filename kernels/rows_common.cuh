@@ -1,13 +1,22 @@
-// Helpers of the row-wise kernels (add_layer_norm.cu, gelu.cu): vectors of 8 elements (16 or 32
-// bytes) to and from float registers, and the second stage of a two-stage column sum.
+// Helpers of the row-wise kernels (add_layer_norm.cu, gelu.cu, attention_dq.cu): vectors of 8 elements
+// (16 or 32 bytes) to and from float registers, the second stage of a two-stage column sum, and the
+// current device's SM count for grid sizes.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace sctrain::kernels::cuda {
 namespace {
+
+inline int sm_count() {
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  return std::max(sms, 1);
+}
 
 __device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
   const float4 a = *reinterpret_cast<const float4*>(p);

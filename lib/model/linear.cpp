@@ -161,6 +161,12 @@ struct LinearGelu : public torch::autograd::Function<LinearGelu> {
 std::atomic<bool> g_direct_weight_grads{true};
 std::atomic<bool> g_fused_gelu{true};
 
+// The CUDA autocast path on which float32 weights go into the GEMM functions as they are.
+bool direct_weight_grads(c10::DeviceType dev, const torch::Tensor& w, const torch::Tensor& b, at::ScalarType t) {
+  return dev == c10::DeviceType::CUDA && g_direct_weight_grads.load(std::memory_order_relaxed) &&
+         w.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && t != at::kFloat;
+}
+
 }  // namespace
 
 void set_direct_weight_grads(bool on) { g_direct_weight_grads.store(on); }
@@ -172,8 +178,7 @@ torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, 
     // On CUDA the float32 weights go in as they are (cast inside, gradients straight from the
     // GEMMs); elsewhere (at::mm's out_dtype is CUDA-only), or with set_direct_weight_grads(false),
     // through the autocast weight cache, whose cast's backward casts the gradients.
-    if (dev == c10::DeviceType::CUDA && g_direct_weight_grads.load(std::memory_order_relaxed) &&
-        w.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && t != at::kFloat)
+    if (direct_weight_grads(dev, w, b, t))
       return LinearGemmGrads::apply(at::autocast::cached_cast(t, x, dev), w, b);
     return LinearGemmGrads::apply(at::autocast::cached_cast(t, x, dev), at::autocast::cached_cast(t, w, dev),
                                   at::autocast::cached_cast(t, b, dev));
@@ -196,7 +201,6 @@ torch::Tensor linear_2d(torch::nn::Linear& l, const torch::Tensor& x) {
   return y.view(sizes);
 }
 
-
 void set_fused_gelu(bool on) { g_fused_gelu.store(on); }
 
 torch::Tensor linear_gelu(torch::nn::Linear& l, const torch::Tensor& x) {
@@ -204,12 +208,12 @@ torch::Tensor linear_gelu(torch::nn::Linear& l, const torch::Tensor& x) {
   const auto& w = l->weight;
   const auto& b = l->bias;
   const int64_t cols = w.size(0);
-  if (x.is_cuda() && g_fused_gelu.load(std::memory_order_relaxed) && g_direct_weight_grads.load(std::memory_order_relaxed) &&
-      at::autocast::is_autocast_enabled(c10::DeviceType::CUDA) &&
-      at::autocast::get_autocast_dtype(c10::DeviceType::CUDA) == at::kBFloat16 && b.defined() &&
-      w.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && cols % 8 == 0) {
+  const auto cuda = c10::DeviceType::CUDA;
+  if (x.is_cuda() && g_fused_gelu.load(std::memory_order_relaxed) && at::autocast::is_autocast_enabled(cuda) &&
+      at::autocast::get_autocast_dtype(cuda) == at::kBFloat16 && b.defined() &&
+      direct_weight_grads(cuda, w, b, at::kBFloat16) && cols % 8 == 0) {
     auto sizes = x.sizes().vec();
-    auto x2 = at::autocast::cached_cast(at::kBFloat16, x.reshape({-1, sizes.back()}), c10::DeviceType::CUDA).contiguous();
+    auto x2 = at::autocast::cached_cast(at::kBFloat16, x.reshape({-1, sizes.back()}), cuda).contiguous();
     auto y = LinearGelu::apply(x2, w, b);
     sizes.back() = cols;
     return y.view(sizes);
