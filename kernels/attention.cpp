@@ -76,7 +76,9 @@ void run_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   auto dout = kernel_layout(dout_in.to(q.scalar_type()));
   auto p = make_params(q, k, v, lengths, ctx->saved_data["scale"].toDouble(), ctx->saved_data["bias"].toDouble(),
                        ctx->saved_data["has_bias"].toBool());
-  auto dq = torch::zeros(q.sizes(), q.options().dtype(torch::kFloat));
+  const bool hopper = use_hopper_path();
+  p.dq_tiled = hopper;  // the Hopper kernel's accumulator layout
+  auto dq = torch::zeros({cuda::dq_accum_numel(p)}, q.options().dtype(torch::kFloat));
   p.dout = dout.data_ptr();
   for (int d = 0; d < 3; ++d) {
     p.do_stride[d] = dout.stride(d);
@@ -86,7 +88,10 @@ void run_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   p.dk = dk_out.data_ptr();
   p.dv = dv_out.data_ptr();
   const auto stream = at::cuda::getCurrentCUDAStream();
-  if (!(use_hopper_path() && cuda::backward_sm90(p, stream))) cuda::backward_sm80(p, stream);
+  if (!(hopper && cuda::backward_sm90(p, stream))) {
+    p.dq_tiled = false;  // the tiled buffer is at least as large, and still zero
+    cuda::backward_sm80(p, stream);
+  }
   const int64_t dq_stride[3] = {dq_out.stride(0), dq_out.stride(1), dq_out.stride(2)};
   cuda::convert_dq(p, dq_out.data_ptr(), dq_stride, stream);
 }

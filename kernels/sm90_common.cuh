@@ -3,6 +3,7 @@
 // XOR-swizzled by (row & 7): the canonical 128-byte-swizzle layout of wgmma (tiles 1024-byte aligned).
 #pragma once
 #include <type_traits>
+#include <utility>
 
 #include "kernels/sm80_common.cuh"
 #include "kernels/sm90_wgmma.cuh"
@@ -86,23 +87,24 @@ __device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t
                : "memory");
 }
 
-// Adds an accumulator tile (m64 x 8n, wgmma layout) of 64 rows x 8n columns to fp32 global memory
-// with 8-byte atomics straight from the accumulator pairs (same-run A/B against 16-byte atomics fed by
-// lane shuffles: +2-8% backward at d64, +0-5% at d128; the shuffled data's registers serialized them).
-// Rows at or past rows_valid are skipped, unless CHECK is false (the caller knows all rows are valid).
-template <int NREG, bool CHECK = true>
-__device__ __forceinline__ void atomic_add_tile(float* base, int64_t row_stride, const float (&d)[NREG], int row0,
-                                                int col0, int rows_valid, int lane) {
-  const int g = lane / 4, t = lane % 4;
-  float* r0 = base + (row0 + g) * row_stride + col0 + 2 * t;
-  float* r1 = r0 + 8 * row_stride;
-  if (CHECK && row0 + g >= rows_valid) return;  // and so is row0 + g + 8
-  const bool ok1 = !CHECK || row0 + g + 8 < rows_valid;
-#pragma unroll
-  for (int n = 0; n < NREG / 4; ++n) {
-    atomicAdd(reinterpret_cast<float2*>(r0 + n * 8), make_float2(d[4 * n], d[4 * n + 1]));
-    if (ok1) atomicAdd(reinterpret_cast<float2*>(r1 + n * 8), make_float2(d[4 * n + 2], d[4 * n + 3]));
-  }
+// Adds an m64n64 accumulator (this thread: warp wi of the warpgroup, lane) to a 4096-float chunk of the
+// tiled dQ layout (attention_cuda.h) with 16-byte atomics: a warp's 32 cover 512 contiguous bytes.
+template <int OFF>
+__device__ __forceinline__ void red_add_v4(float* a, float x, float y, float z, float w) {
+  asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0+%5], {%1, %2, %3, %4};\n" ::"l"(a), "f"(x), "f"(y), "f"(z),
+               "f"(w), "n"(OFF)
+               : "memory");
+}
+// (Inline PTX: one address register and immediate offsets; atomicAdd(float4*) took eight, and spilled 52
+// bytes at d64.)
+template <int... N>
+__device__ __forceinline__ void atomic_add_chunk(float* g, const float (&d)[32], int wi, int lane,
+                                                 std::integer_sequence<int, N...>) {
+  float* a = g + (wi * 8 * 32 + lane) * 4;
+  (red_add_v4<N * 512>(a, d[4 * N], d[4 * N + 1], d[4 * N + 2], d[4 * N + 3]), ...);
+}
+__device__ __forceinline__ void atomic_add_chunk(float* g, const float (&d)[32], int wi, int lane) {
+  atomic_add_chunk(g, d, wi, lane, std::make_integer_sequence<int, 8>{});
 }
 
 }  // namespace sctrain::kernels::cuda::sm90
