@@ -19,8 +19,9 @@ int main(int argc, char** argv) {
   using namespace sctrain;
   CLI::App cli{
       "sctrain: pretrain transformer foundation models on single-cell RNA-seq (.h5ad).\n\n"
-      "Data flows h5ad -> tokens -> batches -> model -> checkpoints/metrics/embeddings:\n"
-      "  sctrain inspect data/pbmc3k.h5ad           # what is in a file\n"
+      "Data flows h5ad -> tokens -> batches -> model -> checkpoints and metrics:\n"
+      "  sctrain inspect data/pbmc3k_seurat.h5ad    # what is in a file\n"
+      "  sctrain prepare --data data/pbmc3k_seurat.h5ad --show 3   # its cells as tokens\n"
       "  sctrain pretrain --config configs/quickstart.yaml\n"
       "Each subcommand has its own --help.",
       "sctrain"};
