@@ -86,6 +86,23 @@ void refresh_weight_casts() {
   for (size_t i = 0; i < stale.size(); ++i) stale[i]->version = static_cast<int64_t>(src[i]._version());
 }
 
+torch::Tensor kept_weight_cast(const torch::Tensor& w) {
+  if (!cacheable(w, at::kBFloat16)) return {};
+  std::lock_guard<std::mutex> lock(g_casts_mu);
+  auto it = g_casts.find(w.unsafeGetTensorImpl());
+  if (it == g_casts.end() || it->second.src.expired() || it->second.data != w.data_ptr() ||
+      it->second.version != static_cast<int64_t>(w._version()) || !it->second.copy.is_contiguous() ||
+      it->second.copy.sizes() != w.sizes())
+    return {};
+  return it->second.copy;
+}
+
+void weight_cast_written(const torch::Tensor& w) {
+  std::lock_guard<std::mutex> lock(g_casts_mu);
+  auto it = g_casts.find(w.unsafeGetTensorImpl());
+  if (it != g_casts.end()) it->second.version = static_cast<int64_t>(w._version());
+}
+
 namespace {
 
 torch::Tensor mm_to(const torch::Tensor& a, const torch::Tensor& m, at::ScalarType out) {

@@ -52,6 +52,11 @@ void set_direct_weight_grads(bool on);
 torch::Tensor cast_weight(const torch::Tensor& w, at::ScalarType t);
 void refresh_weight_casts();
 void set_cached_weight_casts(bool on);
+// For an optimizer that writes each updated weight's bf16 cast itself: w's kept copy if it is current
+// (undefined otherwise), and, once the update wrote it and bumped w's version, weight_cast_written(w)
+// so that the next refresh_weight_casts() leaves it alone.
+torch::Tensor kept_weight_cast(const torch::Tensor& w);
+void weight_cast_written(const torch::Tensor& w);
 
 // l(x) for x [..., in]: 2-D inputs for the GEMM (addmm adds the bias in its epilogue; a 3-D input
 // would take matmul + a broadcast add), through linear_gemm_grads on CUDA.

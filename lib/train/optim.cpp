@@ -2,11 +2,26 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cmath>
 
 #include "util/log.h"
 
+#ifdef SCTRAIN_HAVE_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "kernels/adamw.h"
+#include "model/model.h"
+#endif
+
 namespace sctrain::train {
+
+namespace {
+std::atomic<bool> g_writes_casts{true};
+}  // namespace
+
+void set_adamw_writes_casts(bool on) { g_writes_casts.store(on); }
 
 AdamW::AdamW(const std::vector<std::pair<std::string, torch::Tensor>>& named_params, AdamWOptions opts)
     : opts_(opts) {
@@ -33,9 +48,59 @@ void AdamW::zero_grad() {
   for (auto& s : slots_) s.param.mutable_grad().reset();
 }
 
+bool AdamW::step_cuda(double lr, const std::optional<torch::Tensor>& grad_scale,
+                      const std::optional<torch::Tensor>& found_inf) {
+#ifdef SCTRAIN_HAVE_CUDA_KERNELS
+  if (!g_writes_casts.load(std::memory_order_relaxed)) return false;
+  std::vector<Slot*> live;
+  for (auto& s : slots_) {
+    const auto& p = s.param;
+    const auto& gr = p.grad();
+    if (!gr.defined()) continue;
+    if (!p.is_cuda() || p.scalar_type() != torch::kFloat || !p.is_contiguous() || gr.scalar_type() != torch::kFloat ||
+        !gr.is_contiguous() || gr.sizes() != p.sizes() || p.device() != gr.device() ||
+        (!live.empty() && p.device() != live[0]->param.device()))
+      return false;
+    live.push_back(&s);
+  }
+  if (live.empty()) return true;
+  const c10::cuda::CUDAGuard guard(live[0]->param.device());
+  std::vector<torch::Tensor> steps;
+  for (auto* s : live) steps.push_back(s->step);
+  if (found_inf) at::_foreach_add_(steps, 1.0 - *found_inf);  // no advance on a skipped step
+  else at::_foreach_add_(steps, 1.0);
+  std::vector<kernels::cuda::AdamWTensor> ts;
+  std::vector<torch::Tensor> copies;
+  for (auto* s : live) {
+    auto copy = model::kept_weight_cast(s->param);
+    ts.push_back({s->param.data_ptr<float>(), s->param.grad().data_ptr<float>(), s->exp_avg.data_ptr<float>(),
+                  s->exp_avg_sq.data_ptr<float>(), s->step.data_ptr<float>(), copy.defined() ? copy.data_ptr() : nullptr,
+                  s->param.numel(), static_cast<float>(s->decay ? opts_.weight_decay : 0.0)});
+    copies.push_back(std::move(copy));
+  }
+  const torch::Tensor scale = grad_scale ? grad_scale->to(torch::kFloat).contiguous() : torch::Tensor();
+  const torch::Tensor inf = found_inf ? found_inf->to(torch::kFloat).contiguous() : torch::Tensor();
+  kernels::cuda::AdamWHyper h{lr, opts_.beta1, opts_.beta2, opts_.eps,
+                              scale.defined() ? scale.data_ptr<float>() : nullptr,
+                              inf.defined() ? inf.data_ptr<float>() : nullptr};
+  kernels::cuda::adamw_multi_tensor(ts, h, c10::cuda::getCurrentCUDAStream().stream());
+  for (size_t i = 0; i < live.size(); ++i) {
+    live[i]->param.unsafeGetTensorImpl()->bump_version();  // an in-place update, as any other
+    if (copies[i].defined()) model::weight_cast_written(live[i]->param);
+  }
+  return true;
+#else
+  (void)lr;
+  (void)grad_scale;
+  (void)found_inf;
+  return false;
+#endif
+}
+
 void AdamW::step(double lr, const std::optional<torch::Tensor>& grad_scale,
                  const std::optional<torch::Tensor>& found_inf) {
   torch::NoGradGuard g;
+  if (step_cuda(lr, grad_scale, found_inf)) return;
   // Step counts advance by 1 - found_inf: on the device, no host sync.
   torch::Tensor advance;
   if (found_inf) advance = 1.0 - *found_inf;
