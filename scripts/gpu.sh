@@ -6,6 +6,9 @@
 #        train = pretrain on the GPU (softmax, sigmoid), then scripts/bench_train.sh (ours vs HF BERT)
 #        kernels = kernels-build kernels-test kernels-sanitize kernels-bench
 #        kernels-build | kernels-test | kernels-sanitize | kernels-bench | kernels-bench-quick | kernels-profile
+#        train-ab = the 160m sigmoid step with each switch of SCTRAIN_AB (default SCTRAIN_ADAMW_CASTS=0) against
+#                   none, interleaved, 2 rounds, at 8 x 2048 (clip 1.0) and 2 x 8192 (no clipping)
+#        train-profile = GPU time per kernel of the 160m sigmoid step at 8 x 2048 (SCTRAIN_PROFILE=3)
 # Logs and JSON go to $OUT (set by the device tool), else build-gpu/out. Add steps in the case below.
 # SCTRAIN_KERNELS_ONLY=1: configure kernels/standalone only (the kernels, their tests and attention_bench).
 set -uo pipefail
@@ -95,6 +98,33 @@ train_run() {
   (cd "$root" && PYTHON=$py SCTRAIN_BUILD_DIR="$build" OUT="$out/bench_train" bash scripts/bench_train.sh) 2>&1 | tee "$out/bench_train.log" | tail -20
 }
 
+bench_step_ms() {  # BATCH SEQ CLIP [ENV=VALUE...]: ms per step of the 160m sigmoid model
+  local bs=$1 n=$2 clip=$3; shift 3
+  (cd "$root" && env "$@" timeout 200 "$build/sctrain" bench train --config configs/160m.yaml --batch-size "$bs" \
+    --seq-len "$n" --set model.attention=sigmoid --set train.max_grad_norm="$clip" --steps 10 --warmup 3 2>&1) |
+    grep -o '"step_ms":[0-9.]*' | cut -d: -f2
+}
+train_ab() {
+  echo "== A/B of the 160m sigmoid step (ms per step; each switch against none, interleaved)"
+  local switches=${SCTRAIN_AB:-SCTRAIN_ADAMW_CASTS=0}
+  for round in 1 2; do
+    for shape in "8 2048 1.0" "2 8192 0"; do
+      read -r bs n clip <<<"$shape"
+      for sw in none $switches; do
+        local env=(); [[ $sw != none ]] && env=("$sw")
+        echo "round $round ${bs}x$n $sw: $(bench_step_ms "$bs" "$n" "$clip" "${env[@]}") ms"
+      done
+    done
+  done | tee "$out/train_ab.log"
+}
+train_profile() {
+  echo "== GPU time per kernel, 160m sigmoid, 8 x 2048"
+  (cd "$root" && SCTRAIN_PROFILE=3 timeout 200 "$build/sctrain" bench train --config configs/160m.yaml --batch-size 8 \
+    --seq-len 2048 --set model.attention=sigmoid --set train.max_grad_norm=1.0 --steps 5 --warmup 2) \
+    >"$out/train_profile.log" 2>&1 || status=1
+  grep -E "profile:" -A40 "$out/train_profile.log" | cut -c1-150 | head -45
+}
+
 [[ $# -eq 0 ]] && set -- kernels
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader || true
 for step in "$@"; do
@@ -102,6 +132,8 @@ for step in "$@"; do
     all) project_build_test; train_run; kernels_sanitize; kernels_bench ;;
     project) project_build_test ;;
     train) train_run ;;
+    train-ab) train_ab ;;
+    train-profile) train_profile ;;
     kernels) kernels_build; kernels_test; kernels_sanitize; kernels_bench ;;
     kernels-build) kernels_build ;;
     kernels-test) kernels_test ;;
