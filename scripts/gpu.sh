@@ -6,7 +6,8 @@
 #        train = pretrain on the GPU (softmax, sigmoid), then scripts/bench_train.sh (ours vs HF BERT)
 #        kernels = kernels-build kernels-test kernels-sanitize kernels-bench
 #        kernels-build | kernels-test | kernels-sanitize | kernels-bench | kernels-bench-quick | kernels-profile
-#        train-ab = the 160m sigmoid step with each switch of SCTRAIN_AB (default SCTRAIN_ADAMW_CASTS=0) against
+#        train-ab = the 160m sigmoid step with each switch of SCTRAIN_AB (default: SCTRAIN_ADAMW_CASTS=0
+#                   SCTRAIN_FUSED_CE=0) against
 #                   none, interleaved, 2 rounds, at 8 x 2048 (clip 1.0) and 2 x 8192 (no clipping)
 #        train-profile = GPU time per kernel of the 160m sigmoid step at 8 x 2048 (SCTRAIN_PROFILE=3)
 # Logs and JSON go to $OUT (set by the device tool), else build-gpu/out. Add steps in the case below.
@@ -106,7 +107,7 @@ bench_step_ms() {  # BATCH SEQ CLIP [ENV=VALUE...]: ms per step of the 160m sigm
 }
 train_ab() {
   echo "== A/B of the 160m sigmoid step (ms per step; each switch against none, interleaved)"
-  local switches=${SCTRAIN_AB:-SCTRAIN_ADAMW_CASTS=0}
+  local switches=${SCTRAIN_AB:-SCTRAIN_ADAMW_CASTS=0 SCTRAIN_FUSED_CE=0}
   for round in 1 2; do
     for shape in "8 2048 1.0" "2 8192 0"; do
       read -r bs n clip <<<"$shape"

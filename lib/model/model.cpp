@@ -332,8 +332,7 @@ MlmOutput ModelImpl::mlm(const torch::Tensor& hidden, const torch::Tensor& posit
   if (out.n_masked == 0)
     out.loss = out.logits.sum().to(torch::kFloat) * 0.0;  // keeps the graph; no NaN
   else
-    out.loss = torch::nn::functional::cross_entropy(
-        out.logits.scalar_type() == torch::kDouble ? out.logits : out.logits.to(torch::kFloat), targets);
+    out.loss = mean_cross_entropy(out.logits, targets);
   return out;
 }
 

@@ -166,6 +166,14 @@ class BlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Block);
 
+// Mean cross-entropy of logits [M, V] against targets [M] (int64), float32. For CUDA bf16 logits one
+// kernel each way (kernels/cross_entropy.cu): float32 statistics straight from the bf16 logits and a bf16
+// gradient, where LibTorch's float32 cross-entropy needs a float32 copy of the logits, its log-softmax
+// and a float32 gradient cast back. Elsewhere, or with set_fused_cross_entropy(false), LibTorch's on
+// float32 (float64 logits stay float64). A target outside [0, V) gives NaN on the fused path.
+torch::Tensor mean_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets);
+void set_fused_cross_entropy(bool on);
+
 struct MlmOutput {
   torch::Tensor loss;     // scalar float32: mean cross-entropy over masked positions
   torch::Tensor logits;   // [M, V] at the masked positions

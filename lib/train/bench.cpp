@@ -161,7 +161,8 @@ int bench_train(Config cfg, const BenchOptions& o) {
   // SCTRAIN_FUSED_GELU=0 runs the feed-forward's GELU and its bias gradient as LibTorch ops;
   // SCTRAIN_PACKED_QKV=0 gives the sigmoid kernel q, k, v views (their gradients stacked by autograd);
   // SCTRAIN_CACHED_CASTS=0 casts each weight to bf16 at every use;
-  // SCTRAIN_ADAMW_CASTS=0 runs ATen's fused AdamW, the kept copies recast in the next forward.
+  // SCTRAIN_ADAMW_CASTS=0 runs ATen's fused AdamW, the kept copies recast in the next forward;
+  // SCTRAIN_FUSED_CE=0 runs LibTorch's float32 cross-entropy on a float32 copy of the logits.
   auto env_is = [](const char* name, const char* value) {
     const char* e = std::getenv(name);
     return e != nullptr && std::string(e) == value;
@@ -186,6 +187,7 @@ int bench_train(Config cfg, const BenchOptions& o) {
   model::set_packed_qkv_attention(!env_is("SCTRAIN_PACKED_QKV", "0"));
   model::set_cached_weight_casts(!env_is("SCTRAIN_CACHED_CASTS", "0"));
   set_adamw_writes_casts(!env_is("SCTRAIN_ADAMW_CASTS", "0"));
+  model::set_fused_cross_entropy(!env_is("SCTRAIN_FUSED_CE", "0"));
   std::string status = "ok";
   double tps = 0, tflops = 0, mem = -1, step_ms = 0, loss = 0;
   int64_t params = 0;

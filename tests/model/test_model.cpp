@@ -566,6 +566,38 @@ TEST(Modules, LinearGeluMatchesFloat64Gpu) {
   }
 }
 
+// The fused cross-entropy of bf16 logits against float64: the loss and the logits' gradient, for a
+// vocabulary of 8k + 8 columns (vector loads) and an odd one (one at a time), large logits included;
+// a target outside the vocabulary gives NaN.
+TEST(Modules, FusedCrossEntropyMatchesFloat64Gpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  torch::manual_seed(0);
+  const auto opt = torch::TensorOptions().device(torch::kCUDA);
+  for (auto [rows, V] : {std::pair{300, 32000}, std::pair{7, 8200}, std::pair{65, 13690}}) {
+    SCOPED_TRACE(std::to_string(rows) + " x " + std::to_string(V));
+    auto logits = (torch::randn({rows, V}, opt) * 4).to(torch::kBFloat16);
+    logits.index_put_({0, 5}, 80.0);  // one dominant logit
+    auto targets = torch::randint(0, V, {rows}, opt.dtype(torch::kLong));
+    auto x = logits.clone().requires_grad_();
+    auto loss = model::mean_cross_entropy(x, targets);
+    loss.mul(3.0).backward();  // an upstream gradient other than 1
+    auto x64 = logits.to(torch::kDouble).requires_grad_();
+    auto ref = torch::nn::functional::cross_entropy(x64, targets);
+    ref.mul(3.0).backward();
+    EXPECT_EQ(loss.scalar_type(), torch::kFloat);
+    EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 1e-5 * ref.item<double>());
+    EXPECT_EQ(x.grad().scalar_type(), torch::kBFloat16);
+    EXPECT_LT(rel_err(x.grad(), x64.grad()), 1e-2);  // bf16 gradient
+    model::set_fused_cross_entropy(false);
+    auto plain = model::mean_cross_entropy(logits, targets);
+    model::set_fused_cross_entropy(true);
+    EXPECT_NEAR(loss.item<double>(), plain.item<double>(), 1e-5 * plain.item<double>());
+  }
+  auto logits = torch::randn({4, 64}, opt).to(torch::kBFloat16);
+  auto bad = torch::tensor({1, 2, 64, 3}, opt.dtype(torch::kLong));
+  EXPECT_TRUE(std::isnan(model::mean_cross_entropy(logits, bad).item<double>()));
+}
+
 // add_layer_norm off the CUDA bf16 path is the add, then the norm (the model's CPU path).
 TEST(Modules, AddLayerNormOnCpuIsAddThenNorm) {
   torch::manual_seed(0);
