@@ -69,21 +69,26 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
   T* o = static_cast<T*>(p.o) + (static_cast<int64_t>(b) * p.N) * o_row + static_cast<int64_t>(h) * D;
   const int r0 = q0 + wg * 64 + warp_in_wg * 16 + g, r1 = r0 + 8;
 
-  if (q0 >= len) {
-    if (wg < 0) return;
+  auto write_zero_rows = [&] {  // this thread's part of rows r0, r1 (padding)
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       const int c = n * 8 + 2 * t;
       if (r0 < p.N) *reinterpret_cast<uint32_t*>(o + r0 * o_row + c) = 0u;
       if (r1 < p.N) *reinterpret_cast<uint32_t*>(o + r1 * o_row + c) = 0u;
     }
+  };
+  if (q0 >= len) {
+    if (wg >= 0) write_zero_rows();
     return;
   }
   const int nkb = (len + BC - 1) / BC;
+  // A consumer whose 64 rows are all padding (the second, in a sequence's last block) only writes zeros;
+  // the stages then wait for the other's 4 warps alone.
+  const bool second_idle = q0 + 64 >= len;
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full0 + 8 * s, 128);
-      mbar_init(empty0 + 8 * s, 8);
+      mbar_init(empty0 + 8 * s, second_idle ? 4 : 8);
     }
   }
   __syncthreads();
@@ -123,6 +128,10 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
     return;
   }
 
+  if (wg == 1 && second_idle) {
+    write_zero_rows();
+    return;
+  }
   if constexpr (CTAS == 1) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   else asm volatile("setmaxnreg.inc.sync.aligned.u32 104;\n" ::: "memory");
   const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(len));
