@@ -7,8 +7,8 @@
 #        kernels = kernels-build kernels-test kernels-sanitize kernels-bench
 #        kernels-build | kernels-test | kernels-sanitize | kernels-bench | kernels-bench-quick | kernels-profile
 #        train-ab = the 160m sigmoid step with each switch of SCTRAIN_AB (default: SCTRAIN_ADAMW_CASTS=0
-#                   SCTRAIN_FUSED_CE=0) against
-#                   none, interleaved, 2 rounds, at 8 x 2048 (clip 1.0) and 2 x 8192 (no clipping)
+#                   SCTRAIN_FUSED_CE=0) against none, interleaved, 2 rounds, at 8 x 2048 (clip 1.0)
+#                   and 2 x 8192 (no clipping)
 #        train-profile = GPU time per kernel of the 160m sigmoid step at 8 x 2048 (SCTRAIN_PROFILE=3)
 # Logs and JSON go to $OUT (set by the device tool), else build-gpu/out. Add steps in the case below.
 # SCTRAIN_KERNELS_ONLY=1: configure kernels/standalone only (the kernels, their tests and attention_bench).

@@ -37,6 +37,12 @@ bool cacheable(const torch::Tensor& w, at::ScalarType t) {
          t == at::kBFloat16 && w.is_leaf();
 }
 
+// Whether entry e still holds w's current cast (same storage, version and shape).
+bool is_current(const CastEntry& e, const torch::Tensor& w) {
+  return !e.src.expired() && e.data == w.data_ptr() && e.version == static_cast<int64_t>(w._version()) &&
+         e.copy.sizes() == w.sizes();
+}
+
 }  // namespace
 
 void set_cached_weight_casts(bool on) {
@@ -52,9 +58,7 @@ torch::Tensor cast_weight(const torch::Tensor& w, at::ScalarType t) {
   if (!cacheable(w, t)) return w.to(t);
   std::lock_guard<std::mutex> lock(g_casts_mu);
   auto it = g_casts.find(w.unsafeGetTensorImpl());
-  if (it != g_casts.end() && !it->second.src.expired() && it->second.data == w.data_ptr() &&
-      it->second.version == static_cast<int64_t>(w._version()) && it->second.copy.sizes() == w.sizes())
-    return it->second.copy;
+  if (it != g_casts.end() && is_current(it->second, w)) return it->second.copy;
   torch::NoGradGuard no_grad;
   auto copy = w.to(t);
   g_casts.insert_or_assign(w.unsafeGetTensorImpl(),
@@ -90,10 +94,7 @@ torch::Tensor kept_weight_cast(const torch::Tensor& w) {
   if (!cacheable(w, at::kBFloat16)) return {};
   std::lock_guard<std::mutex> lock(g_casts_mu);
   auto it = g_casts.find(w.unsafeGetTensorImpl());
-  if (it == g_casts.end() || it->second.src.expired() || it->second.data != w.data_ptr() ||
-      it->second.version != static_cast<int64_t>(w._version()) || !it->second.copy.is_contiguous() ||
-      it->second.copy.sizes() != w.sizes())
-    return {};
+  if (it == g_casts.end() || !is_current(it->second, w) || !it->second.copy.is_contiguous()) return {};
   return it->second.copy;
 }
 

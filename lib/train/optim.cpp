@@ -19,6 +19,12 @@ namespace sctrain::train {
 
 namespace {
 std::atomic<bool> g_writes_casts{true};
+
+// Step counts advance by `advance` (1 - found_inf, on the device: no host sync), else by 1.
+void advance_steps(std::vector<torch::Tensor>& steps, const torch::Tensor& advance) {
+  if (advance.defined()) at::_foreach_add_(steps, advance);
+  else at::_foreach_add_(steps, 1.0);
+}
 }  // namespace
 
 void set_adamw_writes_casts(bool on) { g_writes_casts.store(on); }
@@ -49,7 +55,7 @@ void AdamW::zero_grad() {
 }
 
 bool AdamW::step_cuda(double lr, const std::optional<torch::Tensor>& grad_scale,
-                      const std::optional<torch::Tensor>& found_inf) {
+                      const std::optional<torch::Tensor>& found_inf, const torch::Tensor& advance) {
 #ifdef SCTRAIN_HAVE_CUDA_KERNELS
   if (!g_writes_casts.load(std::memory_order_relaxed)) return false;
   std::vector<Slot*> live;
@@ -67,8 +73,7 @@ bool AdamW::step_cuda(double lr, const std::optional<torch::Tensor>& grad_scale,
   const c10::cuda::CUDAGuard guard(live[0]->param.device());
   std::vector<torch::Tensor> steps;
   for (auto* s : live) steps.push_back(s->step);
-  if (found_inf) at::_foreach_add_(steps, 1.0 - *found_inf);  // no advance on a skipped step
-  else at::_foreach_add_(steps, 1.0);
+  advance_steps(steps, advance);
   std::vector<kernels::cuda::AdamWTensor> ts;
   std::vector<torch::Tensor> copies;
   for (auto* s : live) {
@@ -93,6 +98,7 @@ bool AdamW::step_cuda(double lr, const std::optional<torch::Tensor>& grad_scale,
   (void)lr;
   (void)grad_scale;
   (void)found_inf;
+  (void)advance;
   return false;
 #endif
 }
@@ -100,10 +106,9 @@ bool AdamW::step_cuda(double lr, const std::optional<torch::Tensor>& grad_scale,
 void AdamW::step(double lr, const std::optional<torch::Tensor>& grad_scale,
                  const std::optional<torch::Tensor>& found_inf) {
   torch::NoGradGuard g;
-  if (step_cuda(lr, grad_scale, found_inf)) return;
-  // Step counts advance by 1 - found_inf: on the device, no host sync.
-  torch::Tensor advance;
+  torch::Tensor advance;  // no advance on a skipped step
   if (found_inf) advance = 1.0 - *found_inf;
+  if (step_cuda(lr, grad_scale, found_inf, advance)) return;
   for (int decay = 0; decay < 2; ++decay) {
     std::vector<torch::Tensor> p, gr, m, v, st;
     for (auto& s : slots_) {
@@ -116,8 +121,7 @@ void AdamW::step(double lr, const std::optional<torch::Tensor>& grad_scale,
     }
     if (p.empty()) continue;
     const double wd = decay ? opts_.weight_decay : 0.0;
-    if (advance.defined()) at::_foreach_add_(st, advance);
-    else at::_foreach_add_(st, 1.0);
+    advance_steps(st, advance);
     if (fused_) {
       try {
         at::_fused_adamw_(p, gr, m, v, {}, st, lr, opts_.beta1, opts_.beta2, wd, opts_.eps,

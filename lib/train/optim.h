@@ -49,7 +49,7 @@ class AdamW {
   // Our CUDA kernel, when every slot with a gradient is a contiguous float32 CUDA tensor; false
   // when it cannot take them (then ATen's path runs).
   bool step_cuda(double lr, const std::optional<torch::Tensor>& grad_scale,
-                 const std::optional<torch::Tensor>& found_inf);
+                 const std::optional<torch::Tensor>& found_inf, const torch::Tensor& advance);
   std::vector<Slot> slots_;
   AdamWOptions opts_;
   bool fused_ = true;
