@@ -4,7 +4,12 @@
 // 128 (d64). Warpgroup w, its keys Kw (64 rows), per step (transposed, keys x queries):
 //   S^T = Kw Q^T, dP^T = Vw dO^T          wgmma m64nBR, A and B K-major in shared memory; S^T retires
 //                                         first, so the sigmoid runs while dP^T is on the tensor cores
-//   P^T, dS^T = scale * dP^T P^T (1-P^T)  registers; dS^T also to shared memory (stmatrix)
+//   U = tanh((S^T scale + b) / 2)         registers: P^T = (1 + U) / 2, and dS^T = scale dP^T P^T (1 - P^T)
+//                                         = (scale / 4) dP^T (1 - U^2), kept without its scale / 4 (the
+//                                         epilogue scales dK, the dQ conversion dQ); dS^T also to shared
+//                                         memory (stmatrix). No masks: padding rows of K, V, Q, dO are
+//                                         zero-filled, so dP^T and dS^T are zero there, and P^T meets zero
+//                                         rows of dO (padded keys' dK, dV rows are written as zeros)
 //   dQ += dS K                            over all 128 keys, A = dS^T and B = K MN-major; at BR = 64 each
 //                                         warpgroup takes half of the columns (m64n(D/2)), at BR = 128 half
 //                                         of the queries (m64nD): one 64 x 64 fp32 chunk of the tiled
@@ -82,7 +87,6 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
     const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(len));
     const float hs = 0.5f * p.scale, hb = 0.5f * bias;
     const int nqb = (len + BR - 1) / BR;
-    const bool m0 = kr0 < len, m1 = kr1 < len;
 
     const int i0 = kStagger ? static_cast<int>((static_cast<int64_t>(blockIdx.x) * nqb) / ((len + BC - 1) / BC)) : 0;
     auto qblock = [&](int it) {  // query block of step it
@@ -176,13 +180,10 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
                       desc(cdO + half * BR * 64 + koff, 16, 1024), kk > 0);
       }
       wgmma_commit();
-      wgmma_wait<1>();  // S^T done: P^T = sigmoid(S^T) (in place) while dP^T runs
+      wgmma_wait<1>();  // S^T done: U (in place) while dP^T runs
       fence_regs(s);
 #pragma unroll
-      for (int r = 0; r < BR / 2; ++r) {
-        const float pe = sigmoid_half_arg(fmaf(s[r], hs, hb));
-        s[r] = ((r & 3) < 2 ? m0 : m1) ? pe : 0.f;
-      }
+      for (int r = 0; r < BR / 2; ++r) s[r] = tanh_approx(fmaf(s[r], hs, hb));
       wgmma_wait<0>();
       fence_regs(dp);
 
@@ -192,9 +193,9 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
         float pv[4], dsv[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float pe = s[4 * n + e];
-          pv[e] = pe;
-          dsv[e] = p.scale * dp[4 * n + e] * pe * (1.f - pe);  // (pe - pe * pe by one FMA measured -1-4%)
+          const float u = s[4 * n + e], d = dp[4 * n + e];
+          pv[e] = fmaf(0.5f, u, 0.5f);
+          dsv[e] = fmaf(-d * u, u, d);  // dP (1 - U^2): the score's gradient times 4 / scale
         }
         pf[n / 2][(n & 1) * 2 + 0] = Traits<T>::pack(pv[0], pv[1]);
         pf[n / 2][(n & 1) * 2 + 1] = Traits<T>::pack(pv[2], pv[3]);
@@ -252,6 +253,9 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
   }
 
   const bool v0 = kr0 < len, v1 = kr1 < len;
+  const float ds_scale = 0.25f * p.scale;  // dS^T was kept without it
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dka[i] *= ds_scale;
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
     const int c = n * 8 + 2 * t;

@@ -32,14 +32,15 @@ __global__ void __launch_bounds__(256) convert_dq_kernel(const float* __restrict
   }
 }
 
-// From the tiled layout (attention_cuda.h): a block per 64 x 64 chunk, read coalesced (each warp 512
+// From the tiled layout (attention_cuda.h; it holds dQ / factor): a block per 64 x 64 chunk, read coalesced (each warp 512
 // contiguous bytes) into a row-major shared tile, then written as 16-byte row pieces; rows past the
 // sequence's length written as zeros. (Without the shared tile, a thread per 16 contiguous floats: each
 // warp read touched every sector twice, 47 us for the 160m model's layer at 8 x 2048.)
 template <typename T, int D>
 __global__ void __launch_bounds__(256) convert_dq_tiled_kernel(const float* __restrict__ acc, T* __restrict__ dq,
-                                                               const int32_t* __restrict__ lengths, int64_t s0,
-                                                               int64_t s1, int64_t s2, int N, int H, int64_t chunks) {
+                                                               const int32_t* __restrict__ lengths, float factor,
+                                                               int64_t s0, int64_t s1, int64_t s2, int N, int H,
+                                                               int64_t chunks) {
   constexpr int CHUNKS = D / 64, LD = 72;  // row padding: both phases' shared accesses are conflict-free
   __shared__ __align__(16) float tile[64 * LD];
   const int tid = threadIdx.x;
@@ -73,10 +74,10 @@ __global__ void __launch_bounds__(256) convert_dq_tiled_kernel(const float* __re
       const float4 lo = sw ? w : u, hi = sw ? u : w;
       uint4 out{0u, 0u, 0u, 0u};
       if (row < len) {
-        out.x = sm80::Traits<T>::pack(lo.x, lo.y);
-        out.y = sm80::Traits<T>::pack(lo.z, lo.w);
-        out.z = sm80::Traits<T>::pack(hi.x, hi.y);
-        out.w = sm80::Traits<T>::pack(hi.z, hi.w);
+        out.x = sm80::Traits<T>::pack(factor * lo.x, factor * lo.y);
+        out.y = sm80::Traits<T>::pack(factor * lo.z, factor * lo.w);
+        out.z = sm80::Traits<T>::pack(factor * hi.x, factor * hi.y);
+        out.w = sm80::Traits<T>::pack(factor * hi.z, factor * hi.w);
       }
       *reinterpret_cast<uint4*>(dq + b * s0 + row * s1 + h * s2 + c * 64 + cg * 8) = out;
     }
@@ -94,7 +95,8 @@ void convert_dq(const AttnParams& p, void* dq, const int64_t (&dq_stride)[3], cu
       const int64_t chunks = dq_accum_numel(p) / 4096;
       const int64_t grid = std::min<int64_t>(chunks, static_cast<int64_t>(sm_count()) * 8);
       convert_dq_tiled_kernel<T, D><<<static_cast<unsigned>(grid), 256, 0, stream>>>(
-          p.dq_accum, static_cast<T*>(dq), p.lengths, dq_stride[0], dq_stride[1], dq_stride[2], p.N, p.H, chunks);
+          p.dq_accum, static_cast<T*>(dq), p.lengths, 0.25f * p.scale, dq_stride[0], dq_stride[1], dq_stride[2], p.N,
+          p.H, chunks);
       return;
     }
     const int64_t chunks = static_cast<int64_t>(p.B) * p.N * p.H * (D / 8);

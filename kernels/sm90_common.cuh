@@ -16,6 +16,7 @@ using sm80::cp_async_commit;
 using sm80::cp_async_wait;
 using sm80::sigmoid_half_arg;
 using sm80::smem_addr;
+using sm80::tanh_approx;
 using sm80::Traits;
 
 // Element offset of (row, col) in a ROWS x D tile stored as D/64 swizzled column halves.
