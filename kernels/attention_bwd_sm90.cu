@@ -253,9 +253,9 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
   }
 
   const bool v0 = kr0 < len, v1 = kr1 < len;
-  const float ds_scale = 0.25f * p.scale;  // dS^T was kept without it
+  const float ds_factor = hopper_ds_factor(p);  // dS^T was kept without it
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) dka[i] *= ds_scale;
+  for (int i = 0; i < D / 2; ++i) dka[i] *= ds_factor;
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
     const int c = n * 8 + 2 * t;

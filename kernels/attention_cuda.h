@@ -38,8 +38,11 @@ struct AttnParams {
 // 64 rows x 64 columns, 4096 floats in wgmma accumulator order: float4 number (w * 8 + n) * 32 + lane holds
 // rows w*16 + lane/4 (x, y) and + 8 (z, w), columns n*8 + 2 (lane % 4) and + 1. A warpgroup's m64n64
 // accumulator is one contiguous chunk (one bulk reduction, or coalesced 16-byte atomics). It holds
-// dQ * 4 / scale (the Hopper backward leaves the sigmoid derivative's 1/4 and the scale to the conversion).
+// dQ / hopper_ds_factor(p): the Hopper backward keeps dS without that factor (its epilogue applies it to
+// dK, the dQ conversion to dQ).
 __host__ __device__ inline int64_t dq_tiled_rows(int N) { return (static_cast<int64_t>(N) + 127) / 128 * 128; }
+// scale / 4: with U = tanh(x / 2), dS = scale dP P (1 - P) = (scale / 4) dP (1 - U^2).
+__host__ __device__ inline float hopper_ds_factor(const AttnParams& p) { return 0.25f * p.scale; }
 inline int64_t dq_accum_numel(const AttnParams& p) {
   return static_cast<int64_t>(p.B) * p.H * p.D * (p.dq_tiled ? dq_tiled_rows(p.N) : p.N);
 }

@@ -32,9 +32,9 @@ __global__ void __launch_bounds__(256) convert_dq_kernel(const float* __restrict
   }
 }
 
-// From the tiled layout (attention_cuda.h; it holds dQ / factor): a block per 64 x 64 chunk, read coalesced (each warp 512
-// contiguous bytes) into a row-major shared tile, then written as 16-byte row pieces; rows past the
-// sequence's length written as zeros. (Without the shared tile, a thread per 16 contiguous floats: each
+// From the tiled layout (attention_cuda.h; it holds dQ / factor): a block per 64 x 64 chunk, read
+// coalesced (each warp 512 contiguous bytes) into a row-major shared tile, then written as 16-byte row
+// pieces, times factor; rows past the sequence's length written as zeros. (Without the shared tile, a thread per 16 contiguous floats: each
 // warp read touched every sector twice, 47 us for the 160m model's layer at 8 x 2048.)
 template <typename T, int D>
 __global__ void __launch_bounds__(256) convert_dq_tiled_kernel(const float* __restrict__ acc, T* __restrict__ dq,
@@ -95,7 +95,7 @@ void convert_dq(const AttnParams& p, void* dq, const int64_t (&dq_stride)[3], cu
       const int64_t chunks = dq_accum_numel(p) / 4096;
       const int64_t grid = std::min<int64_t>(chunks, static_cast<int64_t>(sm_count()) * 8);
       convert_dq_tiled_kernel<T, D><<<static_cast<unsigned>(grid), 256, 0, stream>>>(
-          p.dq_accum, static_cast<T*>(dq), p.lengths, 0.25f * p.scale, dq_stride[0], dq_stride[1], dq_stride[2], p.N,
+          p.dq_accum, static_cast<T*>(dq), p.lengths, hopper_ds_factor(p), dq_stride[0], dq_stride[1], dq_stride[2], p.N,
           p.H, chunks);
       return;
     }
