@@ -20,6 +20,8 @@ std::function<int()> setup(CLI::App& cmd) {
   att->add_option("--seqlens", opts->seqlens, "sequence lengths N")->capture_default_str();
   att->add_option("--head-dims", opts->head_dims, "head dims d")->capture_default_str();
   att->add_option("--reps", opts->reps, "timed repetitions (median)")->capture_default_str();
+  att->add_option("--tokens", opts->tokens, "B*N: tokens per call (B = tokens / N, at least 1)")->capture_default_str();
+  att->add_option("--width", opts->width, "H*d: model width (H = width / d)")->capture_default_str();
   att->add_flag("!--no-padded", opts->padded, "skip the padded batches");
 
   auto ropts = std::make_shared<sctrain::io::ReadBenchOptions>();

@@ -1,4 +1,4 @@
-// attention_bench [--json FILE] [--fp16] [--quick]: the same as `sctrain bench attention`.
+// attention_bench [--json FILE] [--fp16] [--quick] ...: the same as `sctrain bench attention`.
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--quick")) opts.seqlens = {2048, 8192};
     else if (!std::strcmp(argv[i], "--no-padded")) opts.padded = false;
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) opts.reps = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--tokens") && i + 1 < argc) opts.tokens = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--width") && i + 1 < argc) opts.width = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--head-dims")) {
       opts.head_dims.clear();
       while (i + 1 < argc && argv[i + 1][0] != '-') opts.head_dims.push_back(std::atoi(argv[++i]));
@@ -22,7 +24,7 @@ int main(int argc, char** argv) {
       while (i + 1 < argc && argv[i + 1][0] != '-') opts.seqlens.push_back(std::atoi(argv[++i]));
     }
     else {
-      std::fprintf(stderr, "usage: attention_bench [--json FILE] [--fp16] [--quick] [--no-padded] [--seqlens N...] [--head-dims D...] [--reps R]\n");
+      std::fprintf(stderr, "usage: attention_bench [--json FILE] [--fp16] [--quick] [--no-padded] [--seqlens N...] [--head-dims D...] [--reps R] [--tokens B*N] [--width H*D]\n");
       return 2;
     }
   }
