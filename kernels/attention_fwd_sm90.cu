@@ -203,16 +203,20 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
       step(j, sa, sb);
       if (j + 1 < nkb) step(j + 1, sb, sa);
     }
-  } else {  // the other block's warps fill the tensor cores during this one's sigmoid
+  } else {
+    // The other block's warps fill the tensor cores during this one's sigmoid. PV_j retires before
+    // S_{j+1} is issued: with both in flight (S_{j+1} under PV_j, as before v38) the consumer's 104
+    // registers were too few and ptxas serialized every wgmma (C7512).
     for (int j = 0; j < nkb; ++j) {
       float sc[BC / 2];
       wait_full(j);
       issue_s(sc, j);
-      wgmma_wait<0>();  // S_j and PV_{j-1}
-      if (j > 0) release(j - 1);
+      wgmma_wait<0>();
       uint32_t pf[BC / 16][4];
       sigmoid_p(pf, sc);
       issue_pv(pf, j);
+      wgmma_wait<0>();
+      release(j);
     }
   }
   wgmma_wait<0>();
