@@ -137,8 +137,11 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
 
     for (int it = 0; it < nqb; ++it) {
       const int st = it % NS, i = qblock(it);
+      // W: wait for cp.async groups only in a step whose tiles came (partly) by cp.async, since the wait
+      // (DEPBAR) also holds until the last step's dQ atomics have read their source registers (same-run
+      // A/B at d64: +1-5% at 4-16K). At d128 the same measured -3-9% at 8K, so it waits every step there.
       if constexpr (W) {
-        cp_async_wait<NS - 2>();  // this step's tiles (the next step's group may be pending at NS = 3)
+        if (!q_full(i) || (it == 0 && !kv_full)) cp_async_wait<NS - 2>();  // this step's tiles (the next step's group may be pending at NS = 3)
       } else if constexpr (NS == 3) {
         // Stage (it + 2) % 3 was read in step it - 1, which ended at a barrier after its wgmma.
         if (it + 2 < nqb) load_stage((it + 2) % 3, qblock(it + 2));
