@@ -9,6 +9,8 @@
 // d64: two blocks per SM (producer at 24 registers, consumers at 104), so the other block's warps
 // also fill the tensor cores during a sigmoid. d128: one block per SM (40 / 232 registers), and
 // S_{j+1} is issued before the sigmoid of block j, to run under it.
+// O: rows past the length are written as zeros; at d128 a warpgroup's 64 rows wholly inside the sequence
+// go out through shared memory by TMA store.
 // S = Q K^T: wgmma m64nBCk16, A and B from shared memory (K-major, 128-byte swizzle).
 // O += P V:  wgmma m64nDk16, A = P from registers, B = V from shared memory (MN-major).
 // Shared tile layout: column halves of 64 elements, each [rows][64] with 16-byte chunks
@@ -29,7 +31,7 @@ namespace {
 constexpr int NWG = 2, BR = 64 * NWG, NT = 128 * (NWG + 1);
 
 struct TmaMaps {
-  CUtensorMap q, k, v;
+  CUtensorMap q, k, v, o;  // o: boxes of 64 rows (one warpgroup's)
 };
 // Producer's tile load (128 threads): a thread keeps one 16-byte column chunk, so its swizzle is fixed
 // and the addresses step by a constant (few registers: the producer runs with 24 or 40).
@@ -86,6 +88,11 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
   // the stages then wait for the other's 4 warps alone.
   const bool second_idle = q0 + 64 >= len;
   if (tid == 0) {
+    if constexpr (CTAS == 1) {  // d128 only: at d64, with the TMA store below, -2-3% at 8K
+      tma_prefetch_map(&maps.q);
+      tma_prefetch_map(&maps.k);
+      tma_prefetch_map(&maps.v);
+    }
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full0 + 8 * s, 128);
       mbar_init(empty0 + 8 * s, second_idle ? 4 : 8);
@@ -221,6 +228,34 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
   }
   wgmma_wait<0>();
 
+  // d128, a warpgroup's 64 rows wholly inside the sequence: O goes through its own rows of sQ (free once
+  // its last wgmma retired; same swizzled layout) and out by one TMA store per column half, instead of
+  // 64 checked 4-byte stores per thread (ncu at N = 1K: 14% of the samples). d64 keeps the stores
+  // (same-run A/B: +2% at 1K, -2-3% at 8K).
+  if constexpr (CTAS == 1) {
+    // Indices from threadIdx / blockIdx again: keeping them live through the loop costs a spill.
+    const int w0 = blockIdx.x * BR + (threadIdx.x / 128 - 1) * 64;
+    if (w0 + 64 <= len) {
+      const uint32_t sO = smem_addr(sQw);
+      const int lr = threadIdx.x % 128 / 32 * 16 + threadIdx.x % 32 / 4, c2 = 2 * (threadIdx.x % 4);
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {  // rows lr, lr + 8 (same swizzle), columns 8n + c2, + 1
+        const uint32_t a = sO + sizeof(T) * ((n / 8) * BR * 64 + lr * 64 + (((n & 7) ^ (lr & 7)) << 3) + c2);
+        st_shared_u32(a, Traits<T>::pack(acc[4 * n], acc[4 * n + 1]));
+        st_shared_u32(a + 8 * 64 * sizeof(T), Traits<T>::pack(acc[4 * n + 2], acc[4 * n + 3]));
+      }
+      fence_proxy_async();  // generic writes -> the TMA unit's reads
+      if (wg == 0) asm volatile("bar.sync 1, 128;\n" ::: "memory");  // this warpgroup's writes
+      else asm volatile("bar.sync 2, 128;\n" ::: "memory");
+      if (threadIdx.x % 128 == 0) {
+#pragma unroll
+        for (int half = 0; half < D / 64; ++half)
+          tma_store_4d(&maps.o, sO + half * BR * 64 * sizeof(T), half * 64, blockIdx.y, w0, blockIdx.z);
+        tma_store_wait();
+      }
+      return;
+    }
+  }
   const bool v0 = r0 < len, v1 = r1 < len;
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
@@ -233,11 +268,13 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
   }
 }
 
-// Tensor maps of Q, K, V (boxes of BR query rows, BC key rows); false: the caller takes the portable path.
+// Tensor maps of Q, K, V (boxes of BR query rows, BC key rows) and, at d128, O (64 rows); false: the caller
+// takes the portable path.
 template <typename T, int D, int BC>
 bool make_maps(const AttnParams& p, TmaMaps& m) {
+  const int64_t o_st[3] = {static_cast<int64_t>(p.N) * p.H * D, static_cast<int64_t>(p.H) * D, D};
   return encode_tile_map<T, D>(&m.q, p.q, p.q_stride, p, BR) && encode_tile_map<T, D>(&m.k, p.k, p.k_stride, p, BC) &&
-         encode_tile_map<T, D>(&m.v, p.v, p.v_stride, p, BC);
+         encode_tile_map<T, D>(&m.v, p.v, p.v_stride, p, BC) && (D == 64 || encode_tile_map<T, D>(&m.o, p.o, o_st, p, 64));
 }
 
 template <typename T, int D, int BC, int STAGES, int CTAS>

@@ -39,6 +39,11 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t byt
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
 
+// Fetches a tensor map (a kernel parameter) into the TMA unit's cache ahead of its first use.
+__device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
 // TMA (bulk tensor copy) of one 64-column half: box {64 columns, 1 head, ROWS rows, 1 batch} of a
 // [B, N, H, D] view, 128-byte swizzle (the tile layout of sm90_common.cuh), completing bytes on an mbarrier.
 __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c, int h, int row, int b,
@@ -47,6 +52,19 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map
       "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n"
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c), "r"(h), "r"(row), "r"(b), "r"(bar)
       : "memory");
+}
+// TMA store of one 64-column half from shared memory (same box and swizzle as the loads), in the
+// thread's bulk group; tma_store_wait waits until its shared-memory reads are done.
+__device__ __forceinline__ void tma_store_4d(const CUtensorMap* map, uint32_t src, int c, int h, int row, int b) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n"
+               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(src), "r"(c), "r"(h), "r"(row), "r"(b)
+               : "memory");
+}
+__device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ void tma_store_wait() {
+  asm volatile("cp.async.bulk.commit_group;\ncp.async.bulk.wait_group.read 0;\n" ::: "memory");
 }
 template <int ROWS, int D, typename T>
 __device__ __forceinline__ void tma_tile(T* s, const CUtensorMap* map, int h, int row, int b, uint32_t bar) {
