@@ -239,10 +239,9 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
       const uint32_t sO = smem_addr(sQw);
       const int lr = threadIdx.x % 128 / 32 * 16 + threadIdx.x % 32 / 4, c2 = 2 * (threadIdx.x % 4);
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {  // rows lr, lr + 8 (same swizzle), columns 8n + c2, + 1
-        const uint32_t a = sO + sizeof(T) * ((n / 8) * BR * 64 + lr * 64 + (((n & 7) ^ (lr & 7)) << 3) + c2);
-        st_shared_u32(a, Traits<T>::pack(acc[4 * n], acc[4 * n + 1]));
-        st_shared_u32(a + 8 * 64 * sizeof(T), Traits<T>::pack(acc[4 * n + 2], acc[4 * n + 3]));
+      for (int n = 0; n < D / 8; ++n) {  // rows lr, lr + 8, columns 8n + c2, + 1
+        st_shared_u32(sO + sizeof(T) * tile_off<BR>(lr, 8 * n + c2), Traits<T>::pack(acc[4 * n], acc[4 * n + 1]));
+        st_shared_u32(sO + sizeof(T) * tile_off<BR>(lr + 8, 8 * n + c2), Traits<T>::pack(acc[4 * n + 2], acc[4 * n + 3]));
       }
       fence_proxy_async();  // generic writes -> the TMA unit's reads
       if (wg == 0) asm volatile("bar.sync 1, 128;\n" ::: "memory");  // this warpgroup's writes
