@@ -244,7 +244,8 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
         st_shared_u32(sO + sizeof(T) * tile_off<BR>(lr + 8, 8 * n + c2), Traits<T>::pack(acc[4 * n + 2], acc[4 * n + 3]));
       }
       fence_proxy_async();  // generic writes -> the TMA unit's reads
-      if (wg == 0) asm volatile("bar.sync 1, 128;\n" ::: "memory");  // this warpgroup's writes
+      // This warpgroup's writes. Immediate barrier ids: with `bar.sync %reg` ptxas reserves all 16.
+      if (wg == 0) asm volatile("bar.sync 1, 128;\n" ::: "memory");
       else asm volatile("bar.sync 2, 128;\n" ::: "memory");
       if (threadIdx.x % 128 == 0) {
 #pragma unroll
