@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
   T* sdS = sdO + NS * BR * D;  // [BC keys][BR queries], 2 buffers when W
   const uint32_t bar0 = smem_addr(sdS + (W ? 2 : 1) * BC * BR);  // TMA: Q/dO stage barriers at bar0 + 8 st; K/V at bar0 + 8 NS
 
-  const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, wi = (tid % 128) / 32;
+  const int tid = threadIdx.x, wg = warpgroup_index(), lane = tid % 32, wi = (tid % 128) / 32;
   const int g = lane / 4, t = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z;
   const int k0 = blockIdx.x * BC;
@@ -168,19 +168,19 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
       const T* cdO = sdO + st * BR * D;
 
       float s[BR / 2], dp[BR / 2];
+      const uint64_t dK = desc(sKw, 16, 1024), dV = desc(sVw, 16, 1024), dQ = desc(cQ, 16, 1024),
+                     ddO = desc(cdO, 16, 1024);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const int half = kk / 4, koff = (kk % 4) * 16;
-        mma_ss<T, BR>(s, desc(sKw + half * BC * 64 + koff, 16, 1024), desc(cQ + half * BR * 64 + koff, 16, 1024),
-                      kk > 0);
+        mma_ss<T, BR>(s, desc_at<T>(dK, half * BC * 64 + koff), desc_at<T>(dQ, half * BR * 64 + koff), kk > 0);
       }
       wgmma_commit();  // S^T alone, then dP^T
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const int half = kk / 4, koff = (kk % 4) * 16;
-        mma_ss<T, BR>(dp, desc(sVw + half * BC * 64 + koff, 16, 1024),
-                      desc(cdO + half * BR * 64 + koff, 16, 1024), kk > 0);
+        mma_ss<T, BR>(dp, desc_at<T>(dV, half * BC * 64 + koff), desc_at<T>(ddO, half * BR * 64 + koff), kk > 0);
       }
       wgmma_commit();
       wgmma_wait<1>();  // S^T done: U (in place) while dP^T runs
@@ -231,15 +231,17 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
         const T* sdSb = sdS + (W ? (it & 1) * BC * BR : 0);
         const T* sdSw = kQueryHalves ? sdSb + wg * BC * 64 : sdSb;
         float dqa[NQ / 2];
+        const uint64_t ddS = desc(sdSw, 8192, 1024), dKc = desc(sKc, 8192, 1024), ddOt = desc(cdO, BR * 128, 1024),
+                       dQt = desc(cQ, BR * 128, 1024);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < BC / 16; ++kk)
-          mma_ss_tt<T, NQ>(dqa, desc(sdSw + kk * 16 * 64, 8192, 1024), desc(sKc + kk * 16 * 64, 8192, 1024), kk > 0);
+          mma_ss_tt<T, NQ>(dqa, desc_at<T>(ddS, kk * 16 * 64), desc_at<T>(dKc, kk * 16 * 64), kk > 0);
         wgmma_commit();
 #pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dva, pf[kk], desc(cdO + kk * 16 * 64, BR * 128, 1024));
+        for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dva, pf[kk], desc_at<T>(ddOt, kk * 16 * 64));
 #pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dka, dsf[kk], desc(cQ + kk * 16 * 64, BR * 128, 1024));
+        for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dka, dsf[kk], desc_at<T>(dQt, kk * 16 * 64));
         wgmma_commit();
         wgmma_wait<1>();  // dQ done; dV/dK still on the tensor cores under the atomics
         // This warpgroup's 64 x 64 piece of dQ is one chunk of the tiled layout (same-run A/B against 8-byte

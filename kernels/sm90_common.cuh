@@ -19,6 +19,10 @@ using sm80::smem_addr;
 using sm80::tanh_approx;
 using sm80::Traits;
 
+// threadIdx.x / 128, broadcast from lane 0 so that ptxas knows it is warp-uniform: the shared memory
+// descriptor arithmetic that depends on it then stays in uniform registers (no R2UR per wgmma).
+__device__ __forceinline__ int warpgroup_index() { return __shfl_sync(0xffffffffu, threadIdx.x / 128, 0); }
+
 // Element offset of (row, col) in a ROWS x D tile stored as D/64 swizzled column halves.
 template <int ROWS>
 __device__ __forceinline__ int tile_off(int row, int col) {
@@ -43,6 +47,15 @@ __device__ __forceinline__ uint64_t desc(const void* p, uint32_t lbo_bytes, uint
   const uint32_t a = smem_addr(p);
   return static_cast<uint64_t>((a & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo_bytes >> 4) << 16) |
          (static_cast<uint64_t>(sbo_bytes >> 4) << 32) | (1ull << 62);
+}
+
+// The descriptor of (base's address) + elems elements of T: only the start-address field moves (a CTA's
+// shared addresses fit it, so nothing carries out), so in an unrolled loop this is one add per wgmma
+// instead of rebuilding the descriptor from a pointer.
+template <typename T>
+__device__ __forceinline__ uint64_t desc_at(uint64_t base, int elems) {
+  const uint32_t lo = static_cast<uint32_t>(base) + static_cast<uint32_t>(elems * static_cast<int>(sizeof(T))) / 16;
+  return (base & 0xFFFFFFFF00000000ull) | lo;
 }
 
 template <typename T, int N>
