@@ -168,19 +168,20 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
       const T* cdO = sdO + st * BR * D;
 
       float s[BR / 2], dp[BR / 2];
-      const uint64_t dK = desc(sKw, 16, 1024), dV = desc(sVw, 16, 1024), dQ = desc(cQ, 16, 1024),
-                     ddO = desc(cdO, 16, 1024);
+      const uint64_t desc_k = desc(sKw, 16, 1024), desc_v = desc(sVw, 16, 1024), desc_q = desc(cQ, 16, 1024),
+                     desc_do = desc(cdO, 16, 1024);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const int half = kk / 4, koff = (kk % 4) * 16;
-        mma_ss<T, BR>(s, desc_at<T>(dK, half * BC * 64 + koff), desc_at<T>(dQ, half * BR * 64 + koff), kk > 0);
+        mma_ss<T, BR>(s, desc_at<T>(desc_k, half * BC * 64 + koff), desc_at<T>(desc_q, half * BR * 64 + koff), kk > 0);
       }
       wgmma_commit();  // S^T alone, then dP^T
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const int half = kk / 4, koff = (kk % 4) * 16;
-        mma_ss<T, BR>(dp, desc_at<T>(dV, half * BC * 64 + koff), desc_at<T>(ddO, half * BR * 64 + koff), kk > 0);
+        mma_ss<T, BR>(dp, desc_at<T>(desc_v, half * BC * 64 + koff), desc_at<T>(desc_do, half * BR * 64 + koff),
+                      kk > 0);
       }
       wgmma_commit();
       wgmma_wait<1>();  // S^T done: U (in place) while dP^T runs
@@ -231,17 +232,17 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
         const T* sdSb = sdS + (W ? (it & 1) * BC * BR : 0);
         const T* sdSw = kQueryHalves ? sdSb + wg * BC * 64 : sdSb;
         float dqa[NQ / 2];
-        const uint64_t ddS = desc(sdSw, 8192, 1024), dKc = desc(sKc, 8192, 1024), ddOt = desc(cdO, BR * 128, 1024),
-                       dQt = desc(cQ, BR * 128, 1024);
+        const uint64_t desc_ds = desc(sdSw, 8192, 1024), desc_kc = desc(sKc, 8192, 1024),
+                       desc_do_t = desc(cdO, BR * 128, 1024), desc_q_t = desc(cQ, BR * 128, 1024);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < BC / 16; ++kk)
-          mma_ss_tt<T, NQ>(dqa, desc_at<T>(ddS, kk * 16 * 64), desc_at<T>(dKc, kk * 16 * 64), kk > 0);
+          mma_ss_tt<T, NQ>(dqa, desc_at<T>(desc_ds, kk * 16 * 64), desc_at<T>(desc_kc, kk * 16 * 64), kk > 0);
         wgmma_commit();
 #pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dva, pf[kk], desc_at<T>(ddOt, kk * 16 * 64));
+        for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dva, pf[kk], desc_at<T>(desc_do_t, kk * 16 * 64));
 #pragma unroll
-        for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dka, dsf[kk], desc_at<T>(dQt, kk * 16 * 64));
+        for (int kk = 0; kk < BR / 16; ++kk) mma_rs_tb<T, D>(dka, dsf[kk], desc_at<T>(desc_q_t, kk * 16 * 64));
         wgmma_commit();
         wgmma_wait<1>();  // dQ done; dV/dK still on the tensor cores under the atomics
         // This warpgroup's 64 x 64 piece of dQ is one chunk of the tiled layout (same-run A/B against 8-byte

@@ -153,16 +153,16 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) asm volatile("mov.b32 %0, 0;\n" : "=f"(acc[i]));
   const T* sQw = sQ + wg * 64 * 64;  // this warpgroup's 64 rows (in each column half)
-  const uint64_t dQ = desc(sQw, 16, 1024), dK0 = desc(sK, 16, 1024), dV0 = desc(sV, BC * 128, 1024);
+  const uint64_t desc_q = desc(sQw, 16, 1024), desc_k0 = desc(sK, 16, 1024), desc_v0 = desc(sV, BC * 128, 1024);
 
   // S = Q K^T (64 x BC per warpgroup), issued asynchronously.
   auto issue_s = [&](float(&s)[BC / 2], int blk) {
-    const uint64_t dK = desc_at<T>(dK0, (blk % STAGES) * BC * D);
+    const uint64_t desc_k = desc_at<T>(desc_k0, (blk % STAGES) * BC * D);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const int half = kk / 4, koff = (kk % 4) * 16;
-      mma_ss<T, BC>(s, desc_at<T>(dQ, half * BR * 64 + koff), desc_at<T>(dK, half * BC * 64 + koff), kk > 0);
+      mma_ss<T, BC>(s, desc_at<T>(desc_q, half * BR * 64 + koff), desc_at<T>(desc_k, half * BC * 64 + koff), kk > 0);
     }
     wgmma_commit();
   };
@@ -185,10 +185,10 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
   };
   // O += P V: k = 16 keys per step (2048 bytes of V), N = D across the column halves.
   auto issue_pv = [&](const uint32_t(&pf)[BC / 16][4], int j) {
-    const uint64_t dV = desc_at<T>(dV0, (j % STAGES) * BC * D);
+    const uint64_t desc_v = desc_at<T>(desc_v0, (j % STAGES) * BC * D);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) mma_rs_tb<T, D>(acc, pf[kk], desc_at<T>(dV, kk * 16 * 64));
+    for (int kk = 0; kk < BC / 16; ++kk) mma_rs_tb<T, D>(acc, pf[kk], desc_at<T>(desc_v, kk * 16 * 64));
     wgmma_commit();
   };
 
