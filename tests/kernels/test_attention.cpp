@@ -162,6 +162,17 @@ void edge_cases(bool packed = false) {
     }
 }
 
+// Runs fn on the device's default kernel path, then on the portable one (SCTRAIN_ATTENTION_PATH).
+template <typename F>
+void on_both_paths(F fn) {
+  for (const char* path : {"default", "sm80"}) {
+    SCOPED_TRACE(path);
+    setenv("SCTRAIN_ATTENTION_PATH", path, 1);
+    fn(path);
+  }
+  unsetenv("SCTRAIN_ATTENTION_PATH");
+}
+
 TEST(SigmoidAttentionGpu, EdgeLengths) {
   REQUIRE_GPU();
   edge_cases();
@@ -179,15 +190,12 @@ TEST(SigmoidAttentionGpu, PortablePathEdgeLengths) {
 // q, k, v packed in one tensor: dK and dV go straight into the packed gradient, on both paths.
 TEST(SigmoidAttentionGpu, PackedQkvEdgeLengths) {
   REQUIRE_GPU();
-  for (const char* path : {"default", "sm80"}) {
-    SCOPED_TRACE(path);
-    setenv("SCTRAIN_ATTENTION_PATH", path, 1);
+  on_both_paths([](const char*) {
     edge_cases(/*packed=*/true);
     Case c{3, 300, 2, 64, torch::kBFloat16, {77, 256, 300}};
     c.nan_padding = c.packed = true;
     run_case(c, 23);
-  }
-  unsetenv("SCTRAIN_ATTENTION_PATH");
+  });
 }
 
 // Small enough for compute-sanitizer (scripts/gpu.sh kernels-sanitize).
@@ -221,9 +229,7 @@ TEST(SigmoidAttentionGpu, RandomShapes) {
 // Loads stop at each sequence's length (a partial last key block is zero-filled, never read past it).
 TEST(SigmoidAttentionGpu, NanInPaddingDoesNotLeak) {
   REQUIRE_GPU();
-  for (const char* path : {"default", "sm80"}) {
-    SCOPED_TRACE(path);
-    setenv("SCTRAIN_ATTENTION_PATH", path, 1);
+  on_both_paths([](const char*) {
     for (int d : {64, 128}) {
       Case c{3, 300, 2, d, torch::kBFloat16, {77, 256, 300}};
       c.nan_padding = true;
@@ -233,8 +239,7 @@ TEST(SigmoidAttentionGpu, NanInPaddingDoesNotLeak) {
       f.fused = false;
       run_case(f, 22);
     }
-  }
-  unsetenv("SCTRAIN_ATTENTION_PATH");
+  });
 }
 
 TEST(SigmoidAttentionGpu, LongerSequences) {
@@ -248,16 +253,13 @@ TEST(SigmoidAttentionGpu, LongerSequences) {
 // next to -1. Both paths, the packed model layout at d64.
 TEST(SigmoidAttentionGpu, ModelLength8K) {
   REQUIRE_GPU();
-  for (const char* path : {"default", "sm80"}) {
-    SCOPED_TRACE(path);
-    setenv("SCTRAIN_ATTENTION_PATH", path, 1);
+  on_both_paths([](const char* path) {
     Case c{1, 8192, 2, 64, torch::kBFloat16, {8192}};
     c.packed = true;
     const double e64 = run_case(c, 41);
     const double e128 = run_case({1, 8192, 1, 128, torch::kHalf, {6001}}, 42);
     std::printf("[ 8K ] %s path: largest relative error %.2e (d64 bf16), %.2e (d128 fp16)\n", path, e64, e128);
-  }
-  unsetenv("SCTRAIN_ATTENTION_PATH");
+  });
 }
 
 // Many more query tiles than SMs (several waves of blocks), lengths of every kind with NaN in the
