@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--ffn", type=int, default=4096)
+    ap.add_argument("--act", default="gelu", help="hidden_act: gelu (exact) or gelu_pytorch_tanh (as model.activation gelu_tanh)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--clip", type=float, default=1.0, help="global grad-norm clip; 0: off")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -49,6 +50,7 @@ def main():
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
         intermediate_size=args.ffn,
+        hidden_act=args.act,
         max_position_embeddings=max(512, args.seq_len),
         type_vocab_size=1,
         hidden_dropout_prob=0.0,
@@ -114,6 +116,7 @@ def main():
         "impl": "hf-bert",
         "status": status,
         "attention": "softmax(" + str(model.config._attn_implementation) + ")",
+        "activation": args.act,
         "n_layers": args.layers,
         "d_model": args.hidden,
         "params": params,

@@ -32,6 +32,9 @@ bert_args="${BERT_ARGS:-}"   # e.g. "--layers 2 --hidden 128 --heads 4 --ffn 512
 mkdir -p "$out"
 results="$out/results.jsonl"
 : > "$results"
+# The peer's feed-forward GELU as the config's (model.activation gelu_tanh: HF's gelu_pytorch_tanh).
+bert_act=gelu
+grep -Eq '^ *activation: *gelu_tanh' "$config" && bert_act=gelu_pytorch_tanh
 
 if [ ! -x "$build/sctrain" ]; then
   echo "bench_train.sh: $build/sctrain is missing: run scripts/setup.sh first" >&2
@@ -58,7 +61,7 @@ for shape in $shapes; do
   if [ "$have_hf" = 1 ]; then
     echo "== hf-bert sdpa ${b}x${l}" >&2
     "$py" scripts/bench_bert.py --batch-size "$b" --seq-len "$l" --steps "$steps" --warmup "$warmup" \
-      --vocab "$vocab" --clip "$clip" --json "$results" $bert_args || echo "   (failed: exit $?)" >&2
+      --vocab "$vocab" --clip "$clip" --act "$bert_act" --json "$results" $bert_args || echo "   (failed: exit $?)" >&2
   fi
 done
 

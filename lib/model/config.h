@@ -19,6 +19,7 @@ struct ModelConfig {
   bool qk_norm = false;               // LayerNorm on q and k per head
   double layer_scale = 0.0;           // initial LayerScale gamma; 0: no LayerScale
   std::string norm = "pre";           // "pre" (pre-LayerNorm) or "post" (post-LayerNorm, BERT)
+  std::string activation = "gelu";    // "gelu" (exact, erf) or "gelu_tanh" (tanh approximation)
   bool position_embedding = false;    // learned absolute position embedding
   double dropout = 0.0;               // residual and embedding dropout
   double init_std = 0.02;

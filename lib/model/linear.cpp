@@ -1,6 +1,7 @@
 // The linear layers' GEMM paths: bias in the cuBLASLt epilogue, float32 weight gradients straight from
-// the GEMMs under autocast, their bf16 weight copies kept across steps, and the first feed-forward
-// layer fused with its GELU on the CUDA bf16 path.
+// the GEMMs under autocast, their bf16 weight copies kept across steps, and the feed-forward's GELU
+// fused on the CUDA bf16 path (exact: our kernel after the GEMM; tanh: in cuBLASLt's epilogues of the
+// GEMMs on either side).
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
@@ -12,10 +13,12 @@
 #include "model/model.h"
 
 #ifdef SCTRAIN_HAVE_CUDA_KERNELS
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "kernels/gelu.h"
+#include "kernels/gemm_lt.h"
 #endif
 
 namespace sctrain::model {
@@ -110,6 +113,33 @@ torch::Tensor mm_to(const torch::Tensor& a, const torch::Tensor& m, at::ScalarTy
   return out == a.scalar_type() ? a.mm(m) : at::mm(a, m, out);
 }
 
+std::atomic<bool> g_lt_epilogues{true};
+
+#ifdef SCTRAIN_HAVE_CUDA_KERNELS
+kernels::cuda::LtContext lt_context() {
+  return {at::cuda::getCurrentCUDABlasLtHandle(), at::cuda::getCUDABlasLtWorkspace(),
+          at::cuda::getCUDABlasLtWorkspaceSize(), at::cuda::getCurrentCUDAStream().stream()};
+}
+
+bool lt_operands(std::initializer_list<const torch::Tensor*> ts) {
+  if (!g_lt_epilogues.load(std::memory_order_relaxed)) return false;
+  for (const auto* t : ts)
+    if (!t->is_cuda() || t->scalar_type() != at::kBFloat16 || !t->is_contiguous() || t->size(-1) % 8 != 0) return false;
+  return true;
+}
+#endif
+
+// A linear layer's weight and bias gradients for dy [M, N] and its input x [M, K], in w's and b's
+// dtypes: dy^T x, and the column sums of dy as a GEMM against ones. (cuBLASLt's BGRADB epilogue, which
+// would sum the bias gradient inside the weight-gradient GEMM, ran as a kernel of its own here and was
+// slower: H100, 1.96 ms a 160m step at 2 x 8192, against 0.9 for these GEMMs.)
+torch::Tensor weight_grad(const torch::Tensor& dy, const torch::Tensor& x, at::ScalarType w_dtype) {
+  return mm_to(dy.t(), x, w_dtype);
+}
+torch::Tensor bias_grad(const torch::Tensor& dy, at::ScalarType b_dtype) {
+  return mm_to(torch::ones({1, dy.size(0)}, dy.options()), dy, b_dtype).view({-1});
+}
+
 // x in the compute dtype; w and b in their own (float32 master weights under autocast), cast
 // here to x's dtype. The weight and bias gradients come out of their GEMMs in w's and b's dtype
 // (bf16 products, float32 accumulation and output: at::mm's out_dtype), so no cast kernel turns
@@ -133,8 +163,8 @@ struct LinearGemmGrads : public torch::autograd::Function<LinearGemmGrads> {
     const auto b_dtype = static_cast<at::ScalarType>(ctx->saved_data["b_dtype"].toInt());
     torch::Tensor dx, dw, db;
     if (ctx->needs_input_grad(0)) dx = dy.mm(w);
-    if (ctx->needs_input_grad(1)) dw = mm_to(dy.t(), x, w_dtype);
-    if (ctx->needs_input_grad(2)) db = mm_to(torch::ones({1, dy.size(0)}, dy.options()), dy, b_dtype).view({-1});
+    if (ctx->needs_input_grad(1)) dw = weight_grad(dy, x, w_dtype);
+    if (ctx->needs_input_grad(2)) db = bias_grad(dy, b_dtype);
     return {dx, dw, db};
   }
 };
@@ -172,6 +202,45 @@ struct LinearGelu : public torch::autograd::Function<LinearGelu> {
     if (ctx->needs_input_grad(0)) dx = da.mm(w);
     if (ctx->needs_input_grad(1)) dw = at::mm(da.t(), x, at::kFloat);
     return {dx, dw, db};
+  }
+};
+
+// fc2(gelu_tanh(fc1(x))) for bf16 x [M, D] and float32 weights (CUDA autocast) as one node whose GELU
+// runs in cuBLASLt's epilogues: fc1's GEMM writes the pre-activation a and h = gelu_tanh(a), and fc2's
+// input-gradient GEMM multiplies by gelu_tanh'(a) as it writes da. Where cuBLASLt has no such
+// algorithm, the same node runs ATen's ops.
+struct FeedForwardGeluTanh : public torch::autograd::Function<FeedForwardGeluTanh> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w1,
+                               const torch::Tensor& b1, const torch::Tensor& w2, const torch::Tensor& b2) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const auto bf16 = at::kBFloat16;
+    const auto w1c = cast_weight(w1, bf16), b1c = cast_weight(b1, bf16), w2c = cast_weight(w2, bf16);
+    const int64_t M = x.size(0), D = x.size(1), F = w1.size(0);
+    auto a = at::empty({M, F}, x.options()), h = at::empty_like(a);
+    if (!(lt_operands({&x, &w1c, &a}) && M > 0 &&
+          kernels::cuda::gemm_bias_gelu_tanh(lt_context(), x.data_ptr(), w1c.data_ptr(), b1c.data_ptr(), a.data_ptr(),
+                                             h.data_ptr(), M, F, D))) {
+      a = at::addmm(b1c, x, w1c.t());
+      h = at::gelu(a, "tanh");
+    }
+    ctx->save_for_backward({x, w1c, a, h, w2c});
+    return at::addmm(cast_weight(b2, bf16), h, w2c.t());
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w1 = saved[1], &a = saved[2], &h = saved[3], &w2 = saved[4];
+    const c10::cuda::CUDAGuard guard(x.device());
+    auto dy = grads[0].to(at::kBFloat16).contiguous();
+    const int64_t M = x.size(0), D = x.size(1), F = w1.size(0);
+    auto da = at::empty_like(a);
+    if (!(lt_operands({&dy, &w2, &a}) && M > 0 &&
+          kernels::cuda::gemm_dgelu_tanh(lt_context(), dy.data_ptr(), w2.data_ptr(), a.data_ptr(), da.data_ptr(), M, D, F)))
+      da = at::gelu_backward(dy.mm(w2), a, "tanh");
+    torch::Tensor dx;
+    if (ctx->needs_input_grad(0)) dx = da.mm(w1);
+    const auto f32 = at::kFloat;
+    return {dx, weight_grad(da, x, f32), bias_grad(da, f32), weight_grad(dy, h, f32), bias_grad(dy, f32)};
   }
 };
 #endif
@@ -221,7 +290,10 @@ torch::Tensor linear_2d(torch::nn::Linear& l, const torch::Tensor& x) {
 
 void set_fused_gelu(bool on) { g_fused_gelu.store(on); }
 
-torch::Tensor linear_gelu(torch::nn::Linear& l, const torch::Tensor& x) {
+void set_lt_epilogues(bool on) { g_lt_epilogues.store(on); }
+
+torch::Tensor linear_gelu(torch::nn::Linear& l, const torch::Tensor& x, bool gelu_tanh) {
+  if (gelu_tanh) return torch::gelu(linear_2d(l, x), "tanh");
 #ifdef SCTRAIN_HAVE_CUDA_KERNELS
   const auto& w = l->weight;
   const auto& b = l->bias;
@@ -238,6 +310,23 @@ torch::Tensor linear_gelu(torch::nn::Linear& l, const torch::Tensor& x) {
   }
 #endif
   return torch::gelu(linear_2d(l, x));
+}
+
+torch::Tensor feed_forward(torch::nn::Linear& fc1, torch::nn::Linear& fc2, const torch::Tensor& x, bool gelu_tanh) {
+  if (!gelu_tanh) return linear_2d(fc2, linear_gelu(fc1, x));
+#ifdef SCTRAIN_HAVE_CUDA_KERNELS
+  const auto cuda = c10::DeviceType::CUDA;
+  if (x.is_cuda() && at::autocast::is_autocast_enabled(cuda) && at::autocast::get_autocast_dtype(cuda) == at::kBFloat16 &&
+      fc1->bias.defined() && fc2->bias.defined() && direct_weight_grads(cuda, fc1->weight, fc1->bias, at::kBFloat16) &&
+      direct_weight_grads(cuda, fc2->weight, fc2->bias, at::kBFloat16)) {
+    auto sizes = x.sizes().vec();
+    auto x2 = at::autocast::cached_cast(at::kBFloat16, x.reshape({-1, sizes.back()}), cuda).contiguous();
+    auto y = FeedForwardGeluTanh::apply(x2, fc1->weight, fc1->bias, fc2->weight, fc2->bias);
+    sizes.back() = y.size(1);
+    return y.view(sizes);
+  }
+#endif
+  return linear_2d(fc2, torch::gelu(linear_2d(fc1, x), "tanh"));
 }
 
 }  // namespace sctrain::model

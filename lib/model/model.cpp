@@ -24,6 +24,8 @@ void ModelConfig::validate() const {
   if (attention != "softmax" && attention != "sigmoid")
     fail(str("attention: '", attention, "' is neither softmax nor sigmoid"));
   if (norm != "pre" && norm != "post") fail(str("norm: '", norm, "' is neither pre nor post"));
+  if (activation != "gelu" && activation != "gelu_tanh")
+    fail(str("activation: '", activation, "' is neither gelu nor gelu_tanh"));
   if (n_bins < 0) fail("n_bins: must be >= 0");
   if (dropout < 0 || dropout >= 1) fail("dropout: must be in [0, 1)");
 }
@@ -198,13 +200,13 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
 
 // ---- Feed-forward and block ------------------------------------------------------
 
-FeedForwardImpl::FeedForwardImpl(const ModelConfig& c) {
+FeedForwardImpl::FeedForwardImpl(const ModelConfig& c) : gelu_tanh_(c.activation == "gelu_tanh") {
   fc1 = register_module("fc1", torch::nn::Linear(c.d_model, c.d_ff));
   fc2 = register_module("fc2", torch::nn::Linear(c.d_ff, c.d_model));
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  return linear_2d(fc2, linear_gelu(fc1, x));
+  return feed_forward(fc1, fc2, x, gelu_tanh_);
 }
 
 BlockImpl::BlockImpl(const ModelConfig& c) : pre_ln_(c.norm == "pre"), dropout_(c.dropout) {
@@ -325,7 +327,7 @@ MlmOutput ModelImpl::mlm(const torch::Tensor& hidden, const torch::Tensor& posit
   MlmOutput out;
   out.n_masked = positions.size(0);
   auto h = hidden.reshape({-1, c_.d_model}).index_select(0, positions);  // [M, d]
-  h = layer_norm_for_gemm(head_norm, linear_gelu(head_dense, h));
+  h = layer_norm_for_gemm(head_norm, linear_gelu(head_dense, h, c_.activation == "gelu_tanh"));
   out.logits = h.is_cuda() ? linear_gemm_grads(h, gene_emb->weight, head_bias)  // [M, V]
                            : torch::nn::functional::linear(h, gene_emb->weight, head_bias);
   out.targets = targets;

@@ -2,7 +2,7 @@
 //
 //   tokens [B, N] (CLS first, PAD past length) -> gene embedding (+ bin, + position)
 //   -> LayerNorm -> n_layers x Block -> final LayerNorm (pre-LN) -> hidden [B, N, d]
-//   hidden at masked positions -> dense, GELU, LayerNorm -> tied gene embedding -> logits [M, V]
+//   hidden at masked positions -> dense, GELU (exact or tanh), LayerNorm -> tied gene embedding -> logits [M, V]
 //   hidden[:, 0] (CLS) is the cell embedding.
 //
 // Attention is softmax (at::scaled_dot_product_attention: flash/cuDNN/mem-efficient on GPU)
@@ -61,12 +61,21 @@ void weight_cast_written(const torch::Tensor& w);
 // l(x) for x [..., in]: 2-D inputs for the GEMM (addmm adds the bias in its epilogue; a 3-D input
 // would take matmul + a broadcast add), through linear_gemm_grads on CUDA.
 torch::Tensor linear_2d(torch::nn::Linear& l, const torch::Tensor& x);
-// gelu(l(x)) (exact GELU). Under CUDA bf16 autocast (float32 weights, out_features % 8 == 0) one
-// autograd node: the GEMM, then our GELU kernel; its backward's kernel writes GELU's input gradient
-// and the bias gradient in one pass (kernels/gelu.cu). Elsewhere, or with set_fused_gelu(false)
-// (A/B, tests), torch::gelu(linear_2d(l, x)).
-torch::Tensor linear_gelu(torch::nn::Linear& l, const torch::Tensor& x);
+// gelu(l(x)), exact GELU (gelu_tanh: the tanh approximation, torch::gelu(linear_2d(l, x), "tanh")).
+// Exact, under CUDA bf16 autocast (float32 weights, out_features % 8 == 0): one autograd node, the
+// GEMM, then our GELU kernel; its backward's kernel writes GELU's input gradient and the bias gradient
+// in one pass (kernels/gelu.cu). Elsewhere, or with set_fused_gelu(false) (A/B, tests),
+// torch::gelu(linear_2d(l, x)).
+torch::Tensor linear_gelu(torch::nn::Linear& l, const torch::Tensor& x, bool gelu_tanh = false);
 void set_fused_gelu(bool on);
+
+// The feed-forward fc2(gelu(fc1(x))). Exact GELU: linear_2d(fc2, linear_gelu(fc1, x)). gelu_tanh under
+// CUDA bf16 autocast (float32 weights): one autograd node whose GELU and GELU gradient run in the
+// epilogues of cuBLASLt's GEMMs (kernels/gemm_lt.h), with no pass of their own; elsewhere the ATen ops.
+torch::Tensor feed_forward(torch::nn::Linear& fc1, torch::nn::Linear& fc2, const torch::Tensor& x, bool gelu_tanh);
+// The feed-forward's tanh GELU in cuBLASLt's epilogues: on by default; off for A/B measurements and
+// tests, then the same node runs ATen's ops. Process-wide.
+void set_lt_epilogues(bool on);
 
 // LayerNorm whose output feeds a GEMM. Under CUDA bf16 autocast it runs in bf16: the input
 // is cast to bf16 and the norm's weight and bias go through the autocast weight cache (as
@@ -145,6 +154,9 @@ class FeedForwardImpl : public torch::nn::Module {
   explicit FeedForwardImpl(const ModelConfig& c);
   torch::Tensor forward(const torch::Tensor& x);
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+
+ private:
+  bool gelu_tanh_ = false;
 };
 TORCH_MODULE(FeedForward);
 

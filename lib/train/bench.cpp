@@ -162,7 +162,8 @@ int bench_train(Config cfg, const BenchOptions& o) {
   // SCTRAIN_PACKED_QKV=0 gives the sigmoid kernel q, k, v views (their gradients stacked by autograd);
   // SCTRAIN_CACHED_CASTS=0 casts each weight to bf16 at every use;
   // SCTRAIN_ADAMW_CASTS=0 runs ATen's fused AdamW, the kept copies recast in the next forward;
-  // SCTRAIN_FUSED_CE=0 runs LibTorch's float32 cross-entropy on a float32 copy of the logits.
+  // SCTRAIN_FUSED_CE=0 runs LibTorch's float32 cross-entropy on a float32 copy of the logits;
+  // SCTRAIN_LT_EPILOGUES=0 runs no cuBLASLt epilogue of ours (model::set_lt_epilogues).
   auto env_is = [](const char* name, const char* value) {
     const char* e = std::getenv(name);
     return e != nullptr && std::string(e) == value;
@@ -188,6 +189,7 @@ int bench_train(Config cfg, const BenchOptions& o) {
   model::set_cached_weight_casts(!env_is("SCTRAIN_CACHED_CASTS", "0"));
   set_adamw_writes_casts(!env_is("SCTRAIN_ADAMW_CASTS", "0"));
   model::set_fused_cross_entropy(!env_is("SCTRAIN_FUSED_CE", "0"));
+  model::set_lt_epilogues(!env_is("SCTRAIN_LT_EPILOGUES", "0"));
   std::string status = "ok";
   double tps = 0, tflops = 0, mem = -1, step_ms = 0, loss = 0;
   int64_t params = 0;
@@ -198,7 +200,7 @@ int bench_train(Config cfg, const BenchOptions& o) {
     if (!engine.autocast() || !engine.device().is_cuda()) layer_norm = "float32";
     device = engine.device().str();
     log::info(str("bench train: ", cfg.model.n_layers, "x", cfg.model.d_model, " (", params,
-                  " parameters), ", cfg.model.attention, " attention, ", o.batch_size, " x ", o.seq_len,
+                  " parameters), ", cfg.model.attention, " attention, ", cfg.model.activation, ", ", o.batch_size, " x ", o.seq_len,
                   " tokens, grad_accum ", cfg.train.grad_accum, ", ", device,
                   engine.autocast() ? " bf16 autocast" : " fp32",
                   cfg.train.max_grad_norm > 0 ? "" : ", no gradient clipping",
@@ -237,6 +239,7 @@ int bench_train(Config cfg, const BenchOptions& o) {
       .field("impl", "sctrain")
       .field("status", status)
       .field("attention", cfg.model.attention)
+      .field("activation", cfg.model.activation)
       .field("n_layers", cfg.model.n_layers)
       .field("d_model", cfg.model.d_model)
       .field("params", params)

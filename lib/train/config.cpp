@@ -60,6 +60,8 @@ std::vector<Field> fields(Config& c) {
       {"model.qk_norm", Type::Bool, &m.qk_norm, "LayerNorm on q and k per head"},
       {"model.layer_scale", Type::Float, &m.layer_scale, "LayerScale initial gamma; 0: off"},
       {"model.norm", Type::String, &m.norm, "pre (pre-LayerNorm) or post (post-LayerNorm)"},
+      {"model.activation", Type::String, &m.activation,
+       "feed-forward GELU: gelu (exact) or gelu_tanh (tanh approximation; fused into the GEMMs on GPU)"},
       {"model.position_embedding", Type::Bool, &m.position_embedding, "learned absolute positions"},
       {"model.dropout", Type::Float, &m.dropout, "embedding/residual/attention dropout"},
       {"model.init_std", Type::Float, &m.init_std, "std of the normal initialization"},
@@ -306,6 +308,8 @@ void validate(const Config& cfg) {
   if (m.d_model % m.n_heads) fail("model.n_heads", str("d_model ", m.d_model, " is not divisible by ", m.n_heads));
   if (m.attention != "softmax" && m.attention != "sigmoid") fail("model.attention", "expects softmax or sigmoid, got '" + m.attention + "'");
   if (m.norm != "pre" && m.norm != "post") fail("model.norm", "expects pre or post, got '" + m.norm + "'");
+  if (m.activation != "gelu" && m.activation != "gelu_tanh")
+    fail("model.activation", "expects gelu or gelu_tanh, got '" + m.activation + "'");
   if (m.dropout < 0 || m.dropout >= 1) fail("model.dropout", "must be in [0, 1)");
   if (m.layer_scale < 0) fail("model.layer_scale", "must be >= 0");
   if (d.mode != "rank" && d.mode != "binned") fail("data.mode", "expects rank or binned, got '" + d.mode + "'");

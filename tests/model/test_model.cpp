@@ -111,6 +111,7 @@ TEST(Model, GradientsMatchFiniteDifferences) {
     ModelConfig c = tiny(attn);
     c.qk_norm = true;
     c.layer_scale = 0.5;
+    c.activation = attn == "softmax" ? "gelu_tanh" : "gelu";  // both GELUs
     Model m(c);
     m->to(torch::kDouble);
     auto in = model::to_inputs(make_batch({6, 9}, 40), torch::kCPU);
@@ -563,6 +564,56 @@ TEST(Modules, LinearGeluMatchesFloat64Gpu) {
     }
     EXPECT_EQ(fused[2].scalar_type(), torch::kFloat);
     EXPECT_EQ(fused[3].scalar_type(), torch::kFloat);
+  }
+}
+
+// The feed-forward with tanh GELU under CUDA bf16 autocast (GELU and its gradient in cuBLASLt's GEMM
+// epilogues) against float64 from the same bf16 operands, and against the same node on ATen's ops
+// (set_lt_epilogues(false)).
+TEST(Modules, FeedForwardGeluTanhMatchesFloat64Gpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  torch::manual_seed(0);
+  const auto opt = torch::TensorOptions().device(torch::kCUDA);
+  const auto bf = [](const torch::Tensor& t) { return t.detach().to(torch::kBFloat16).to(torch::kDouble); };
+  for (auto [rows, d, f] : {std::tuple{3000, 96, 200}, std::tuple{1, 64, 64}, std::tuple{700, 128, 2056}}) {
+    SCOPED_TRACE(std::to_string(rows) + " x " + std::to_string(d) + " -> " + std::to_string(f));
+    torch::nn::Linear fc1(torch::nn::LinearOptions(d, f)), fc2(torch::nn::LinearOptions(f, d));
+    fc1->to(torch::kCUDA);
+    fc2->to(torch::kCUDA);
+    auto x = torch::randn({1, rows, d}, opt).to(torch::kBFloat16).requires_grad_();
+    auto g = torch::randn({1, rows, d}, opt).to(torch::kBFloat16);
+    auto run = [&](bool lt) {
+      model::set_lt_epilogues(lt);
+      torch::Tensor y;
+      {
+        CudaAutocast ac;
+        y = model::feed_forward(fc1, fc2, x, /*gelu_tanh=*/true);
+      }
+      auto grads = torch::autograd::grad({y}, {x, fc1->weight, fc1->bias, fc2->weight, fc2->bias}, {g});
+      model::set_lt_epilogues(true);
+      grads.insert(grads.begin(), y);
+      return grads;
+    };
+    auto lt = run(true), plain = run(false);
+    // float64 from the bf16 operands and the bf16 pre-activation.
+    auto x2 = bf(x).view({rows, d});
+    auto g2 = g.to(torch::kDouble).view({rows, d});
+    auto w1 = bf(fc1->weight), w2 = bf(fc2->weight);
+    auto a = bf(at::addmm(bf(fc1->bias), x2, w1.t()));
+    const double c = std::sqrt(2 / 3.14159265358979323846);
+    auto t = torch::tanh(c * (a + 0.044715 * a.pow(3)));
+    auto h = 0.5 * a * (1 + t);
+    auto dh = g2.mm(w2);
+    auto da = dh * (0.5 * (1 + t) + 0.5 * a * (1 - t * t) * c * (1 + 3 * 0.044715 * a * a));
+    const std::vector<torch::Tensor> ref = {at::addmm(bf(fc2->bias), h, w2.t()), da.mm(w1), da.t().mm(x2), da.sum(0),
+                                            g2.t().mm(h), g2.sum(0)};
+    const char* names[] = {"y", "dx", "dW1", "db1", "dW2", "db2"};
+    const double tol[] = {1e-2, 1e-2, 1e-2, 1e-2, 1e-2, 1e-5};  // bf16 h and da; db2 sums bf16 dy exactly
+    for (int i = 0; i < 6; ++i) {
+      EXPECT_LT(rel_err(lt[i].reshape(ref[i].sizes()), ref[i]), tol[i]) << names[i];
+      EXPECT_LT(rel_err(lt[i], plain[i]), 2e-2) << names[i] << " against ATen's ops";
+    }
+    for (int i = 2; i < 6; ++i) EXPECT_EQ(lt[i].scalar_type(), torch::kFloat) << names[i];
   }
 }
 

@@ -215,6 +215,11 @@ TEST(Config, ErrorsNameTheKeyAndFile) {
   c.model.attention = "linear";
   msg = error_of([&] { train::validate(c); });
   EXPECT_NE(msg.find("model.attention"), std::string::npos) << msg;
+  c.model.attention = "softmax";
+  c.model.activation = "relu";
+  msg = error_of([&] { train::validate(c); });
+  EXPECT_NE(msg.find("key 'model.activation'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("got 'relu'"), std::string::npos) << msg;
 
   // A missing data file is named before any work starts.
   train::Config run = tiny_run(1);
