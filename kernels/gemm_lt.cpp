@@ -95,7 +95,10 @@ bool run(const LtContext& c, const Gemm& g) {
       cublasLtMatmulHeuristicResult_t result{};
       int found = 0;
       const auto s = cublasLtMatmulAlgoGetHeuristic(handle, desc, la, lb, ld, ld, pref, 1, &result, &found);
-      if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found == 0)) {
+      // An unsupported combination is NOT_SUPPORTED or INVALID_VALUE (as a float32 bias gradient with
+      // bf16 outputs was on the H100): either way the caller's unfused path.
+      if (s == CUBLAS_STATUS_NOT_SUPPORTED || s == CUBLAS_STATUS_INVALID_VALUE ||
+          (s == CUBLAS_STATUS_SUCCESS && found == 0)) {
         release();
         return false;
       }
