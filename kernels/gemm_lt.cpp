@@ -15,7 +15,8 @@ namespace sctrain::kernels::cuda {
 namespace {
 
 void check(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string("cuBLASLt ") + what + ": status " + std::to_string(s));
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string("cuBLASLt ") + what + ": status " + std::to_string(s));
 }
 
 // One column-major operand as cuBLASLt sees it.

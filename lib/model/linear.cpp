@@ -235,7 +235,8 @@ struct FeedForwardGeluTanh : public torch::autograd::Function<FeedForwardGeluTan
     const int64_t M = x.size(0), D = x.size(1), F = w1.size(0);
     auto da = at::empty_like(a);
     if (!(lt_operands({&dy, &w2, &a}) && M > 0 &&
-          kernels::cuda::gemm_dgelu_tanh(lt_context(), dy.data_ptr(), w2.data_ptr(), a.data_ptr(), da.data_ptr(), M, D, F)))
+          kernels::cuda::gemm_dgelu_tanh(lt_context(), dy.data_ptr(), w2.data_ptr(), a.data_ptr(), da.data_ptr(), M, D,
+                                         F)))
       da = at::gelu_backward(dy.mm(w2), a, "tanh");
     torch::Tensor dx;
     if (ctx->needs_input_grad(0)) dx = da.mm(w1);
@@ -316,8 +317,9 @@ torch::Tensor feed_forward(torch::nn::Linear& fc1, torch::nn::Linear& fc2, const
   if (!gelu_tanh) return linear_2d(fc2, linear_gelu(fc1, x));
 #ifdef SCTRAIN_HAVE_CUDA_KERNELS
   const auto cuda = c10::DeviceType::CUDA;
-  if (x.is_cuda() && at::autocast::is_autocast_enabled(cuda) && at::autocast::get_autocast_dtype(cuda) == at::kBFloat16 &&
-      fc1->bias.defined() && fc2->bias.defined() && direct_weight_grads(cuda, fc1->weight, fc1->bias, at::kBFloat16) &&
+  if (x.is_cuda() && at::autocast::is_autocast_enabled(cuda) &&
+      at::autocast::get_autocast_dtype(cuda) == at::kBFloat16 && fc1->bias.defined() && fc2->bias.defined() &&
+      direct_weight_grads(cuda, fc1->weight, fc1->bias, at::kBFloat16) &&
       direct_weight_grads(cuda, fc2->weight, fc2->bias, at::kBFloat16)) {
     auto sizes = x.sizes().vec();
     auto x2 = at::autocast::cached_cast(at::kBFloat16, x.reshape({-1, sizes.back()}), cuda).contiguous();

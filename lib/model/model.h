@@ -2,7 +2,8 @@
 //
 //   tokens [B, N] (CLS first, PAD past length) -> gene embedding (+ bin, + position)
 //   -> LayerNorm -> n_layers x Block -> final LayerNorm (pre-LN) -> hidden [B, N, d]
-//   hidden at masked positions -> dense, GELU (exact or tanh), LayerNorm -> tied gene embedding -> logits [M, V]
+//   hidden at masked positions -> dense, GELU, LayerNorm -> tied gene embedding -> logits [M, V]
+//   (GELU exact or its tanh approximation: ModelConfig::activation)
 //   hidden[:, 0] (CLS) is the cell embedding.
 //
 // Attention is softmax (at::scaled_dot_product_attention: flash/cuDNN/mem-efficient on GPU)

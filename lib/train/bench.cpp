@@ -163,7 +163,7 @@ int bench_train(Config cfg, const BenchOptions& o) {
   // SCTRAIN_CACHED_CASTS=0 casts each weight to bf16 at every use;
   // SCTRAIN_ADAMW_CASTS=0 runs ATen's fused AdamW, the kept copies recast in the next forward;
   // SCTRAIN_FUSED_CE=0 runs LibTorch's float32 cross-entropy on a float32 copy of the logits;
-  // SCTRAIN_LT_EPILOGUES=0 runs no cuBLASLt epilogue of ours (model::set_lt_epilogues).
+  // SCTRAIN_LT_EPILOGUES=0 runs the tanh-GELU feed-forward on ATen's ops (model::set_lt_epilogues).
   auto env_is = [](const char* name, const char* value) {
     const char* e = std::getenv(name);
     return e != nullptr && std::string(e) == value;
@@ -199,8 +199,8 @@ int bench_train(Config cfg, const BenchOptions& o) {
     params = engine.num_parameters();
     if (!engine.autocast() || !engine.device().is_cuda()) layer_norm = "float32";
     device = engine.device().str();
-    log::info(str("bench train: ", cfg.model.n_layers, "x", cfg.model.d_model, " (", params,
-                  " parameters), ", cfg.model.attention, " attention, ", cfg.model.activation, ", ", o.batch_size, " x ", o.seq_len,
+    log::info(str("bench train: ", cfg.model.n_layers, "x", cfg.model.d_model, " (", params, " parameters), ",
+                  cfg.model.attention, " attention, ", cfg.model.activation, ", ", o.batch_size, " x ", o.seq_len,
                   " tokens, grad_accum ", cfg.train.grad_accum, ", ", device,
                   engine.autocast() ? " bf16 autocast" : " fp32",
                   cfg.train.max_grad_norm > 0 ? "" : ", no gradient clipping",
