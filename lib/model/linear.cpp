@@ -121,10 +121,11 @@ kernels::cuda::LtContext lt_context() {
           at::cuda::getCUDABlasLtWorkspaceSize(), at::cuda::getCurrentCUDAStream().stream()};
 }
 
+// Whether the cuBLASLt path may take these tensors (gemm_lt.h checks alignment and sizes itself).
 bool lt_operands(std::initializer_list<const torch::Tensor*> ts) {
   if (!g_lt_epilogues.load(std::memory_order_relaxed)) return false;
   for (const auto* t : ts)
-    if (!t->is_cuda() || t->scalar_type() != at::kBFloat16 || !t->is_contiguous() || t->size(-1) % 8 != 0) return false;
+    if (!t->is_cuda() || t->scalar_type() != at::kBFloat16 || !t->is_contiguous()) return false;
   return true;
 }
 #endif
@@ -217,7 +218,7 @@ struct FeedForwardGeluTanh : public torch::autograd::Function<FeedForwardGeluTan
     const auto w1c = cast_weight(w1, bf16), b1c = cast_weight(b1, bf16), w2c = cast_weight(w2, bf16);
     const int64_t M = x.size(0), D = x.size(1), F = w1.size(0);
     auto a = at::empty({M, F}, x.options()), h = at::empty_like(a);
-    if (!(lt_operands({&x, &w1c, &a}) && M > 0 &&
+    if (!(lt_operands({&x, &w1c, &a}) &&
           kernels::cuda::gemm_bias_gelu_tanh(lt_context(), x.data_ptr(), w1c.data_ptr(), b1c.data_ptr(), a.data_ptr(),
                                              h.data_ptr(), M, F, D))) {
       a = at::addmm(b1c, x, w1c.t());
@@ -234,7 +235,7 @@ struct FeedForwardGeluTanh : public torch::autograd::Function<FeedForwardGeluTan
     auto dy = grads[0].to(at::kBFloat16).contiguous();
     const int64_t M = x.size(0), D = x.size(1), F = w1.size(0);
     auto da = at::empty_like(a);
-    if (!(lt_operands({&dy, &w2, &a}) && M > 0 &&
+    if (!(lt_operands({&dy, &w2, &a}) &&
           kernels::cuda::gemm_dgelu_tanh(lt_context(), dy.data_ptr(), w2.data_ptr(), a.data_ptr(), da.data_ptr(), M, D,
                                          F)))
       da = at::gelu_backward(dy.mm(w2), a, "tanh");
