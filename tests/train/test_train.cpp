@@ -250,6 +250,7 @@ TEST(Pretrain, LossFallsOnRealData) {
   auto cfg = tiny_run(40);
   cfg.data.files = {sctrain::testing::project_data("pbmc3k_seurat.h5ad")};
   cfg.train.val_every = 20;
+  cfg.model.activation = "gelu_tanh";  // the named configs' GELU (the other runs here take the default)
   ASSERT_EQ(train::pretrain(cfg, quiet(dir)), 0);
   auto lines = loss_lines(dir / "metrics.jsonl");
   ASSERT_EQ(lines.size(), 40u);
@@ -274,6 +275,7 @@ TEST(Pretrain, LossFallsOnRealData) {
   train::Config saved;
   auto m = train::load_checkpoint_model(dir / "checkpoints" / "step_0000040", torch::kCPU, &saved);
   EXPECT_EQ(saved.model.d_model, 32);
+  EXPECT_EQ(saved.model.activation, "gelu_tanh");
   EXPECT_TRUE(fs::exists(dir / "corpus" / "vocab.tsv"));
   data::Batch b;
   b.batch_size = 1;
