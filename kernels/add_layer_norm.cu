@@ -28,6 +28,7 @@ __device__ __forceinline__ float warp_sum(float s) {
 
 template <int V, typename HT, typename YT>
 __global__ void __launch_bounds__(kThreads) add_ln_forward(const float* __restrict__ r, const HT* __restrict__ h,
+                                                           const float* __restrict__ hb,
                                                            const float* __restrict__ gamma,
                                                            const float* __restrict__ beta, float* __restrict__ x_out,
                                                            YT* __restrict__ y, float* __restrict__ mean_out,
@@ -49,6 +50,11 @@ __global__ void __launch_bounds__(kThreads) add_ln_forward(const float* __restri
         load8(h + off + c, t);
 #pragma unroll
         for (int k = 0; k < 8; ++k) v[j][k] += t[k];
+        if (hb != nullptr) {  // uniform
+          load8(hb + c, t);
+#pragma unroll
+          for (int k = 0; k < 8; ++k) v[j][k] += t[k];
+        }
       }
 #pragma unroll
       for (int k = 0; k < 8; ++k) s += v[j][k];
@@ -89,17 +95,17 @@ __global__ void __launch_bounds__(kThreads) add_ln_forward(const float* __restri
   }
 }
 
-// Rows in a grid-stride loop; each warp accumulates its rows' dgamma/dbeta terms in shared
-// memory (registers would hold 2 x 8 V more floats per lane and halve the resident warps),
-// and the CTA writes one partial row of each. Shared layout per warp and chunk j of 256
-// columns: lane's columns 8 lane + 0..3 at 4 lane, 8 lane + 4..7 at 128 + 4 lane (float4s of
-// consecutive lanes are consecutive: no bank conflicts).
+// Rows in a grid-stride loop; each warp accumulates its rows' dgamma/dbeta terms (A = 3: also dx,
+// for the branch bias's gradient) in shared memory (registers would hold A x 8 V more floats per
+// lane and halve the resident warps), and the CTA writes one partial row of each. Shared layout per
+// warp and chunk j of 256 columns: lane's columns 8 lane + 0..3 at 4 lane, 8 lane + 4..7 at 128 +
+// 4 lane (float4s of consecutive lanes are consecutive: no bank conflicts).
 __device__ __forceinline__ int acc_index(int c) {
   const int j = c >> 8, rem = c & 255, lane = rem >> 3, k = rem & 7;
   return j * 256 + (k >> 2) * 128 + lane * 4 + (k & 3);
 }
 
-template <int V, typename YT>
+template <int V, typename YT, int A>
 __global__ void __launch_bounds__(kThreads) add_ln_backward(const YT* __restrict__ dy, const float* __restrict__ x,
                                                             const float* __restrict__ mean,
                                                             const float* __restrict__ rstd,
@@ -107,18 +113,19 @@ __global__ void __launch_bounds__(kThreads) add_ln_backward(const YT* __restrict
                                                             const float* __restrict__ dx_next, float* __restrict__ dx,
                                                             __nv_bfloat16* __restrict__ dx_bf16,
                                                             float* __restrict__ partial, int64_t rows, int d) {
-  __shared__ __align__(16) float acc[kWarps][2][V * 256];
+  static_assert(A == 2 || A == 3, "dgamma, dbeta and optionally dx's column sums");
+  __shared__ __align__(16) float acc[kWarps][A][V * 256];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const float inv_d = 1.f / static_cast<float>(d);
   float* ag = acc[warp][0];
   float* ab = acc[warp][1];
 #pragma unroll
-  for (int j = 0; j < V; ++j) {
-    reinterpret_cast<float4*>(ag + j * 256)[lane] = make_float4(0.f, 0.f, 0.f, 0.f);
-    reinterpret_cast<float4*>(ag + j * 256 + 128)[lane] = make_float4(0.f, 0.f, 0.f, 0.f);
-    reinterpret_cast<float4*>(ab + j * 256)[lane] = make_float4(0.f, 0.f, 0.f, 0.f);
-    reinterpret_cast<float4*>(ab + j * 256 + 128)[lane] = make_float4(0.f, 0.f, 0.f, 0.f);
-  }
+  for (int a = 0; a < A; ++a)
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      reinterpret_cast<float4*>(acc[warp][a] + j * 256)[lane] = make_float4(0.f, 0.f, 0.f, 0.f);
+      reinterpret_cast<float4*>(acc[warp][a] + j * 256 + 128)[lane] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
 
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp; row < rows;
        row += static_cast<int64_t>(gridDim.x) * kWarps) {
@@ -175,6 +182,13 @@ __global__ void __launch_bounds__(kThreads) add_ln_backward(const YT* __restrict
         }
         store8(dx + off + c, o);
         if (dx_bf16 != nullptr) store8(dx_bf16 + off + c, o);
+        if constexpr (A == 3) {
+          float4* ph = reinterpret_cast<float4*>(acc[warp][2] + j * 256);
+          float4 h0 = ph[lane], h1 = ph[32 + lane];
+          h0.x += o[0]; h0.y += o[1]; h0.z += o[2]; h0.w += o[3];
+          h1.x += o[4]; h1.y += o[5]; h1.z += o[6]; h1.w += o[7];
+          ph[lane] = h0; ph[32 + lane] = h1;
+        }
       }
     }
   }
@@ -184,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) add_ln_backward(const YT* __restrict
   for (int c = threadIdx.x; c < d; c += kThreads) {
     const int i = acc_index(c);
 #pragma unroll
-    for (int a = 0; a < 2; ++a) {
+    for (int a = 0; a < A; ++a) {
       float s = 0.f;
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) s += acc[w][a][i];
@@ -223,12 +237,20 @@ void with_type(NormType t, F&& f) {
     f(float{});
 }
 
-template <int V, typename YT>
+template <typename F>
+void with_accumulators(bool dh_bias, F&& f) {
+  if (dh_bias)
+    f(std::integral_constant<int, 3>{});
+  else
+    f(std::integral_constant<int, 2>{});
+}
+
+template <int V, typename YT, int A>
 int backward_blocks_per_sm() {
   static int cached = 0;  // per instantiation; the same on every device of one kind
   if (cached == 0) {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, add_ln_backward<V, YT>, kThreads, 0) != cudaSuccess || n < 1)
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, add_ln_backward<V, YT, A>, kThreads, 0) != cudaSuccess || n < 1)
       n = 1;
     cached = n;
   }
@@ -239,11 +261,15 @@ int backward_blocks_per_sm() {
 
 int add_layer_norm_max_dim() { return 32 * 8 * kMaxV; }
 
-int add_layer_norm_backward_grid(int64_t rows, int d, NormType dy_type) {
+int add_layer_norm_backward_grid(int64_t rows, int d, NormType dy_type, bool dh_bias) {
   const int sms = sm_count();
   int per_sm = 1;
   with_v(vectors_per_lane(d), [&](auto v) {
-    with_type(dy_type, [&](auto y) { per_sm = backward_blocks_per_sm<decltype(v)::value, decltype(y)>(); });
+    with_type(dy_type, [&](auto y) {
+      with_accumulators(dh_bias, [&](auto a) {
+        per_sm = backward_blocks_per_sm<decltype(v)::value, decltype(y), decltype(a)::value>();
+      });
+    });
   });
   const int64_t need = (rows + kWarps - 1) / kWarps;
   const int64_t grid = std::min<int64_t>(need, static_cast<int64_t>(std::max(sms, 1)) * per_sm);
@@ -252,6 +278,8 @@ int add_layer_norm_backward_grid(int64_t rows, int d, NormType dy_type) {
 
 void add_layer_norm_forward(const AddLayerNormForward& p, void* stream) {
   if (p.rows == 0) return;
+  if (p.h_bias != nullptr && p.h_type == NormType::None)
+    throw std::invalid_argument("add_layer_norm: a branch bias needs the branch output h");
   const int V = vectors_per_lane(p.d);
   const auto s = static_cast<cudaStream_t>(stream);
   const unsigned grid = static_cast<unsigned>((p.rows + kWarps - 1) / kWarps);
@@ -261,13 +289,13 @@ void add_layer_norm_forward(const AddLayerNormForward& p, void* stream) {
       using YT = decltype(y);
       auto* yp = static_cast<YT*>(p.y);
       if (p.h_type == NormType::None)
-        add_ln_forward<kV, NoH, YT><<<grid, kThreads, 0, s>>>(p.r, nullptr, p.gamma, p.beta, nullptr, yp, p.mean,
-                                                              p.rstd, p.rows, p.d, p.eps);
+        add_ln_forward<kV, NoH, YT><<<grid, kThreads, 0, s>>>(p.r, nullptr, nullptr, p.gamma, p.beta, nullptr, yp,
+                                                              p.mean, p.rstd, p.rows, p.d, p.eps);
       else
         with_type(p.h_type, [&](auto h) {
           using HT = decltype(h);
-          add_ln_forward<kV, HT, YT><<<grid, kThreads, 0, s>>>(p.r, static_cast<const HT*>(p.h), p.gamma, p.beta,
-                                                               p.x, yp, p.mean, p.rstd, p.rows, p.d, p.eps);
+          add_ln_forward<kV, HT, YT><<<grid, kThreads, 0, s>>>(p.r, static_cast<const HT*>(p.h), p.h_bias, p.gamma,
+                                                               p.beta, p.x, yp, p.mean, p.rstd, p.rows, p.d, p.eps);
         });
     });
   });
@@ -278,19 +306,24 @@ void add_layer_norm_backward(const AddLayerNormBackward& p, void* stream) {
   if (p.rows == 0) return;
   const int V = vectors_per_lane(p.d);
   const auto s = static_cast<cudaStream_t>(stream);
-  const int grid = add_layer_norm_backward_grid(p.rows, p.d, p.dy_type);
+  const bool dh_bias = p.dh_bias != nullptr;
+  const int grid = add_layer_norm_backward_grid(p.rows, p.d, p.dy_type, dh_bias);
   with_v(V, [&](auto v) {
     constexpr int kV = decltype(v)::value;
     with_type(p.dy_type, [&](auto y) {
       using YT = decltype(y);
-      add_ln_backward<kV, YT><<<grid, kThreads, 0, s>>>(static_cast<const YT*>(p.dy), p.x, p.mean, p.rstd, p.gamma,
-                                                        p.dx_next, p.dx, static_cast<__nv_bfloat16*>(p.dx_bf16),
-                                                        p.partial, p.rows, p.d);
+      with_accumulators(dh_bias, [&](auto a) {
+        add_ln_backward<kV, YT, decltype(a)::value><<<grid, kThreads, 0, s>>>(
+            static_cast<const YT*>(p.dy), p.x, p.mean, p.rstd, p.gamma, p.dx_next, p.dx,
+            static_cast<__nv_bfloat16*>(p.dx_bf16), p.partial, p.rows, p.d);
+      });
     });
   });
   check_launch("backward");
-  if (p.dgamma != nullptr || p.dbeta != nullptr) {
-    column_sums<<<dim3((p.d + 31) / 32, 2), dim3(32, 8), 0, s>>>(p.partial, grid, p.d, p.dgamma, p.dbeta);
+  if (p.dgamma != nullptr || p.dbeta != nullptr || dh_bias) {
+    const unsigned outputs = dh_bias ? 3 : 2;
+    column_sums<<<dim3((p.d + 31) / 32, outputs), dim3(32, 8), 0, s>>>(p.partial, grid, p.d,
+                                                                       ColumnSumOutputs{{p.dgamma, p.dbeta, p.dh_bias}});
     check_launch("column sums");
   }
 }

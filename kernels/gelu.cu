@@ -115,7 +115,8 @@ void gelu_backward_bf16(const void* dy, const void* a, void* da, float* partial,
   } else {
     cudaMemsetAsync(partial, 0, sizeof(float) * cols, s);
   }
-  column_sums<<<dim3((cols + 31) / 32, 1), dim3(32, 8), 0, s>>>(partial, P, cols, dbias, nullptr);
+  column_sums<<<dim3((cols + 31) / 32, 1), dim3(32, 8), 0, s>>>(partial, P, cols,
+                                                             ColumnSumOutputs{{dbias, nullptr, nullptr}});
   check_launch("column sums");
 }
 

@@ -46,12 +46,14 @@ __device__ __forceinline__ void store8(__nv_bfloat16* p, const float (&v)[8]) {
   *reinterpret_cast<uint4*>(p) = u;
 }
 
-// Second stage of a column sum: out_a[c] = sum over p of partial[a][p][c] for a = blockIdx.y (0: out0,
-// 1: out1; a null output is skipped). blockDim (32, 8), grid (ceil(d / 32), number of outputs).
-__global__ void column_sums(const float* __restrict__ partial, int P, int d, float* __restrict__ out0,
-                            float* __restrict__ out1) {
+// Second stage of a column sum: out[a][c] = sum over p of partial[a][p][c] for a = blockIdx.y (a null
+// output is skipped). blockDim (32, 8), grid (ceil(d / 32), number of outputs, at most 3).
+struct ColumnSumOutputs {
+  float* out[3];
+};
+__global__ void column_sums(const float* __restrict__ partial, int P, int d, const ColumnSumOutputs outs) {
   const int c = blockIdx.x * 32 + threadIdx.x, a = blockIdx.y;
-  float* out = a == 0 ? out0 : out1;
+  float* out = outs.out[a];
   if (out == nullptr) return;  // uniform over the CTA
   const float* p = partial + static_cast<int64_t>(a) * P * d;
   float s = 0.f;

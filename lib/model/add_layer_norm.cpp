@@ -32,11 +32,13 @@ kc::NormType norm_type(const torch::Tensor& t) {
   return t.scalar_type() == at::kBFloat16 ? kc::NormType::BF16 : kc::NormType::F32;
 }
 
-// x = r + h (r itself when h is undefined) and y = LN(x) in bf16 (bf16_out) or float32, for
-// the two autograd functions below (LibTorch's custom functions take no undefined inputs).
+// x = r + h + hb (r itself when h is undefined; hb: an empty tensor when there is none) and y = LN(x)
+// in bf16 (bf16_out) or float32, for the two autograd functions below (LibTorch's custom functions
+// take no undefined inputs).
 torch::autograd::variable_list add_ln_forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& r_in,
-                                              const torch::Tensor& h_in, const torch::Tensor& gamma,
-                                              const torch::Tensor& beta, double eps, bool bf16_out) {
+                                              const torch::Tensor& h_in, const torch::Tensor& hb,
+                                              const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
+                                              bool bf16_out) {
   const c10::cuda::CUDAGuard guard(r_in.device());
   const auto r = r_in.contiguous();
   const auto h = h_in.defined() ? h_in.contiguous() : h_in;
@@ -49,6 +51,7 @@ torch::autograd::variable_list add_ln_forward(torch::autograd::AutogradContext* 
   p.r = r.data_ptr<float>();
   p.h = h.defined() ? h.data_ptr() : nullptr;
   p.h_type = norm_type(h);
+  p.h_bias = hb.numel() > 0 ? hb.data_ptr<float>() : nullptr;
   p.gamma = gamma.data_ptr<float>();
   p.beta = beta.data_ptr<float>();
   p.x = h.defined() ? x.data_ptr<float>() : nullptr;
@@ -65,9 +68,11 @@ torch::autograd::variable_list add_ln_forward(torch::autograd::AutogradContext* 
   return {x, y};
 }
 
-// Gradients of r, h (undefined when h_type is None or h needs none), gamma, beta.
-std::array<torch::Tensor, 4> add_ln_backward(torch::autograd::AutogradContext* ctx,
-                                             const torch::autograd::variable_list& grads, bool h_needs_grad) {
+// Gradients of r, h (undefined when h_type is None or h needs none), gamma, beta and hb (undefined
+// unless hb_needs_grad): hb's is the column sums of x's.
+std::array<torch::Tensor, 5> add_ln_backward(torch::autograd::AutogradContext* ctx,
+                                             const torch::autograd::variable_list& grads, bool h_needs_grad,
+                                             bool hb_needs_grad) {
   auto saved = ctx->get_saved_variables();
   const auto &x = saved[0], &gamma = saved[1], &mean = saved[2], &rstd = saved[3];
   const auto h_type = static_cast<kc::NormType>(ctx->saved_data["h_type"].toInt());
@@ -78,7 +83,9 @@ std::array<torch::Tensor, 4> add_ln_backward(torch::autograd::AutogradContext* c
     auto dx = dx_next.defined() ? dx_next : at::zeros_like(x);
     torch::Tensor dh;
     if (want_h) dh = h_type == kc::NormType::BF16 ? dx.to(at::kBFloat16) : dx;
-    return {dx, dh, torch::Tensor(), torch::Tensor()};
+    torch::Tensor dhb;
+    if (hb_needs_grad) dhb = dx.reshape({-1, x.size(-1)}).sum(0);
+    return {dx, dh, torch::Tensor(), torch::Tensor(), dhb};
   }
   dy = dy.contiguous();
   if (dx_next.defined()) dx_next = dx_next.to(at::kFloat).contiguous();
@@ -87,9 +94,11 @@ std::array<torch::Tensor, 4> add_ln_backward(torch::autograd::AutogradContext* c
   auto dx = at::empty_like(x);
   torch::Tensor dx_bf16;
   if (want_h && h_type == kc::NormType::BF16) dx_bf16 = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
-  const int grid = kc::add_layer_norm_backward_grid(rows, static_cast<int>(d), norm_type(dy));
-  auto partial = at::empty({2, grid, d}, f32);
+  const int grid = kc::add_layer_norm_backward_grid(rows, static_cast<int>(d), norm_type(dy), hb_needs_grad);
+  auto partial = at::empty({hb_needs_grad ? 3 : 2, grid, d}, f32);
   auto dgamma = at::empty({d}, f32), dbeta = at::empty({d}, f32);
+  torch::Tensor dhb;
+  if (hb_needs_grad) dhb = at::empty({d}, f32);
   kc::AddLayerNormBackward p{};
   p.dy = dy.data_ptr();
   p.dy_type = norm_type(dy);
@@ -103,25 +112,29 @@ std::array<torch::Tensor, 4> add_ln_backward(torch::autograd::AutogradContext* c
   p.partial = partial.data_ptr<float>();
   p.dgamma = dgamma.data_ptr<float>();
   p.dbeta = dbeta.data_ptr<float>();
+  p.dh_bias = hb_needs_grad ? dhb.data_ptr<float>() : nullptr;
   p.rows = rows;
   p.d = static_cast<int>(d);
   kc::add_layer_norm_backward(p, c10::cuda::getCurrentCUDAStream().stream());
   torch::Tensor dh;
   if (want_h) dh = h_type == kc::NormType::BF16 ? dx_bf16 : dx;
-  return {dx, dh, dgamma.view(gamma.sizes()), dbeta.view(gamma.sizes())};
+  return {dx, dh, dgamma.view(gamma.sizes()), dbeta.view(gamma.sizes()), dhb};
 }
 
-// With a branch output h: outputs x = r + h, y = LN(x).
+// With a branch output h and its bias hb (an empty tensor when none): outputs x = r + h + hb, y = LN(x).
 struct AddLayerNormFn : public torch::autograd::Function<AddLayerNormFn> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& r,
-                                                const torch::Tensor& h, const torch::Tensor& gamma,
-                                                const torch::Tensor& beta, double eps, bool bf16_out) {
-    return add_ln_forward(ctx, r, h, gamma, beta, eps, bf16_out);
+                                                const torch::Tensor& h, const torch::Tensor& hb,
+                                                const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
+                                                bool bf16_out) {
+    ctx->saved_data["hb"] = hb.numel() > 0;
+    return add_ln_forward(ctx, r, h, hb, gamma, beta, eps, bf16_out);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    auto g = add_ln_backward(ctx, grads, ctx->needs_input_grad(1));
-    return {g[0], g[1], g[2], g[3], torch::Tensor(), torch::Tensor()};
+    const bool hb = ctx->saved_data["hb"].toBool() && ctx->needs_input_grad(2);
+    auto g = add_ln_backward(ctx, grads, ctx->needs_input_grad(1), hb);
+    return {g[0], g[1], g[4], g[2], g[3], torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -131,11 +144,11 @@ struct ResidualLayerNormFn : public torch::autograd::Function<ResidualLayerNormF
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& r,
                                                 const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
                                                 bool bf16_out) {
-    return add_ln_forward(ctx, r, torch::Tensor(), gamma, beta, eps, bf16_out);
+    return add_ln_forward(ctx, r, torch::Tensor(), torch::Tensor(), gamma, beta, eps, bf16_out);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    auto g = add_ln_backward(ctx, grads, false);
+    auto g = add_ln_backward(ctx, grads, false, false);
     return {g[0], g[2], g[3], torch::Tensor(), torch::Tensor()};
   }
 };
@@ -170,15 +183,21 @@ bool fused_add_norm_path(const torch::Tensor& r, const torch::Tensor& h, const t
 #endif
 }
 
-AddNorm add_layer_norm(const torch::Tensor& r, const torch::Tensor& h, torch::nn::LayerNorm& ln, bool for_gemm) {
+AddNorm add_layer_norm(const torch::Tensor& r, const torch::Tensor& h, torch::nn::LayerNorm& ln, bool for_gemm,
+                       const torch::Tensor& hb) {
+  TORCH_CHECK(!hb.defined() || h.defined(), "add_layer_norm: a branch bias without the branch output");
 #ifdef SCTRAIN_HAVE_CUDA_KERNELS
-  if (fused_add_norm_path(r, h, ln)) {
-    auto out = h.defined() ? AddLayerNormFn::apply(r, h, ln->weight, ln->bias, ln->options.eps(), for_gemm)
-                           : ResidualLayerNormFn::apply(r, ln->weight, ln->bias, ln->options.eps(), for_gemm);
+  const bool hb_fits = !hb.defined() || (hb.scalar_type() == at::kFloat && hb.dim() == 1 && hb.size(0) == r.size(-1) &&
+                                         hb.device() == r.device() && hb.is_contiguous() && aligned16(hb));
+  if (hb_fits && fused_add_norm_path(r, h, ln)) {
+    const double eps = ln->options.eps();
+    auto out = h.defined() ? AddLayerNormFn::apply(r, h, hb.defined() ? hb : at::empty({0}, r.options()), ln->weight,
+                                                   ln->bias, eps, for_gemm)
+                           : ResidualLayerNormFn::apply(r, ln->weight, ln->bias, eps, for_gemm);
     return {out[0], out[1]};
   }
 #endif
-  auto x = h.defined() ? r + h : r;
+  auto x = h.defined() ? (hb.defined() ? r + h + hb : r + h) : r;
   if (!for_gemm) return {x, ln(x)};
   if (x.scalar_type() == at::kFloat && bf16_norm_path(x) && split_norm_input()) {
     // The residual stream stays float32; the norm reads its bf16 copy.

@@ -144,15 +144,18 @@ torch::Tensor bias_grad(const torch::Tensor& dy, at::ScalarType b_dtype) {
 // x in the compute dtype; w and b in their own (float32 master weights under autocast), cast
 // here to x's dtype. The weight and bias gradients come out of their GEMMs in w's and b's dtype
 // (bf16 products, float32 accumulation and output: at::mm's out_dtype), so no cast kernel turns
-// bf16 gradients into float32 ones afterwards.
+// bf16 gradients into float32 ones afterwards. add_bias false: b is left to the caller (neither added
+// nor given a gradient here).
 struct LinearGemmGrads : public torch::autograd::Function<LinearGemmGrads> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
-                               const torch::Tensor& w, const torch::Tensor& b) {
+                               const torch::Tensor& w, const torch::Tensor& b, bool add_bias) {
     const auto t = x.scalar_type();
     const auto wt = cast_weight(w, t);
     ctx->save_for_backward({x, wt});
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(w.scalar_type());
     ctx->saved_data["b_dtype"] = static_cast<int64_t>(b.scalar_type());
+    ctx->saved_data["add_bias"] = add_bias;
+    if (!add_bias) return x.mm(wt.t());
     return at::addmm(cast_weight(b, t), x, wt.t());  // bias in the cuBLASLt epilogue on CUDA
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -165,8 +168,8 @@ struct LinearGemmGrads : public torch::autograd::Function<LinearGemmGrads> {
     torch::Tensor dx, dw, db;
     if (ctx->needs_input_grad(0)) dx = dy.mm(w);
     if (ctx->needs_input_grad(1)) dw = weight_grad(dy, x, w_dtype);
-    if (ctx->needs_input_grad(2)) db = bias_grad(dy, b_dtype);
-    return {dx, dw, db};
+    if (ctx->needs_input_grad(2) && ctx->saved_data["add_bias"].toBool()) db = bias_grad(dy, b_dtype);
+    return {dx, dw, db, torch::Tensor()};
   }
 };
 
@@ -209,10 +212,11 @@ struct LinearGelu : public torch::autograd::Function<LinearGelu> {
 // fc2(gelu_tanh(fc1(x))) for bf16 x [M, D] and float32 weights (CUDA autocast) as one node whose GELU
 // runs in cuBLASLt's epilogues: fc1's GEMM writes the pre-activation a and h = gelu_tanh(a), and fc2's
 // input-gradient GEMM multiplies by gelu_tanh'(a) as it writes da. Where cuBLASLt has no such
-// algorithm, the same node runs ATen's ops.
+// algorithm, the same node runs ATen's ops. add_b2 false: fc2's bias is left to the caller.
 struct FeedForwardGeluTanh : public torch::autograd::Function<FeedForwardGeluTanh> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w1,
-                               const torch::Tensor& b1, const torch::Tensor& w2, const torch::Tensor& b2) {
+                               const torch::Tensor& b1, const torch::Tensor& w2, const torch::Tensor& b2,
+                               bool add_b2) {
     const c10::cuda::CUDAGuard guard(x.device());
     const auto bf16 = at::kBFloat16;
     const auto w1c = cast_weight(w1, bf16), b1c = cast_weight(b1, bf16), w2c = cast_weight(w2, bf16);
@@ -225,6 +229,8 @@ struct FeedForwardGeluTanh : public torch::autograd::Function<FeedForwardGeluTan
       h = at::gelu(a, "tanh");
     }
     ctx->save_for_backward({x, w1c, a, h, w2c});
+    ctx->saved_data["add_b2"] = add_b2;
+    if (!add_b2) return h.mm(w2c.t());
     return at::addmm(cast_weight(b2, bf16), h, w2c.t());
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -242,7 +248,9 @@ struct FeedForwardGeluTanh : public torch::autograd::Function<FeedForwardGeluTan
     torch::Tensor dx;
     if (ctx->needs_input_grad(0)) dx = da.mm(w1);
     const auto f32 = at::kFloat;
-    return {dx, weight_grad(da, x, f32), bias_grad(da, f32), weight_grad(dy, h, f32), bias_grad(dy, f32)};
+    torch::Tensor db2;
+    if (ctx->saved_data["add_b2"].toBool()) db2 = bias_grad(dy, f32);
+    return {dx, weight_grad(da, x, f32), bias_grad(da, f32), weight_grad(dy, h, f32), db2, torch::Tensor()};
   }
 };
 #endif
@@ -260,7 +268,7 @@ bool direct_weight_grads(c10::DeviceType dev, const torch::Tensor& w, const torc
 
 void set_direct_weight_grads(bool on) { g_direct_weight_grads.store(on); }
 
-torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b, bool add_bias) {
   const auto dev = x.device().type();
   if (at::autocast::is_autocast_enabled(dev)) {
     const auto t = at::autocast::get_autocast_dtype(dev);
@@ -268,20 +276,20 @@ torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, 
     // GEMMs); elsewhere (at::mm's out_dtype is CUDA-only), or with set_direct_weight_grads(false),
     // through the autocast weight cache, whose cast's backward casts the gradients.
     if (direct_weight_grads(dev, w, b, t))
-      return LinearGemmGrads::apply(at::autocast::cached_cast(t, x, dev), w, b);
+      return LinearGemmGrads::apply(at::autocast::cached_cast(t, x, dev), w, b, add_bias);
     return LinearGemmGrads::apply(at::autocast::cached_cast(t, x, dev), at::autocast::cached_cast(t, w, dev),
-                                  at::autocast::cached_cast(t, b, dev));
+                                  at::autocast::cached_cast(t, b, dev), add_bias);
   }
-  return LinearGemmGrads::apply(x, w, b);
+  return LinearGemmGrads::apply(x, w, b, add_bias);
 }
 
 // Linear layers see [B*N, d]: a 2-D input takes addmm, whose cuBLASLt path adds the bias
 // in the GEMM epilogue; for 3-D inputs at::linear here ran matmul + a broadcast add_.
 // On CUDA, linear_gemm_grads also makes the bias and weight gradients cheaper.
-torch::Tensor linear_2d(torch::nn::Linear& l, const torch::Tensor& x) {
+torch::Tensor linear_2d(torch::nn::Linear& l, const torch::Tensor& x, bool add_bias) {
   auto apply = [&](const torch::Tensor& x2) {
-    if (x2.is_cuda() && l->bias.defined()) return linear_gemm_grads(x2, l->weight, l->bias);
-    return l(x2);
+    if (x2.is_cuda() && l->bias.defined()) return linear_gemm_grads(x2, l->weight, l->bias, add_bias);
+    return add_bias ? l(x2) : torch::nn::functional::linear(x2, l->weight);
   };
   if (x.dim() == 2) return apply(x);
   auto sizes = x.sizes().vec();
@@ -314,8 +322,9 @@ torch::Tensor linear_gelu(torch::nn::Linear& l, const torch::Tensor& x, bool gel
   return torch::gelu(linear_2d(l, x));
 }
 
-torch::Tensor feed_forward(torch::nn::Linear& fc1, torch::nn::Linear& fc2, const torch::Tensor& x, bool gelu_tanh) {
-  if (!gelu_tanh) return linear_2d(fc2, linear_gelu(fc1, x));
+torch::Tensor feed_forward(torch::nn::Linear& fc1, torch::nn::Linear& fc2, const torch::Tensor& x, bool gelu_tanh,
+                           bool add_b2) {
+  if (!gelu_tanh) return linear_2d(fc2, linear_gelu(fc1, x), add_b2);
 #ifdef SCTRAIN_HAVE_CUDA_KERNELS
   const auto cuda = c10::DeviceType::CUDA;
   if (x.is_cuda() && at::autocast::is_autocast_enabled(cuda) &&
@@ -324,12 +333,12 @@ torch::Tensor feed_forward(torch::nn::Linear& fc1, torch::nn::Linear& fc2, const
       direct_weight_grads(cuda, fc2->weight, fc2->bias, at::kBFloat16)) {
     auto sizes = x.sizes().vec();
     auto x2 = at::autocast::cached_cast(at::kBFloat16, x.reshape({-1, sizes.back()}), cuda).contiguous();
-    auto y = FeedForwardGeluTanh::apply(x2, fc1->weight, fc1->bias, fc2->weight, fc2->bias);
+    auto y = FeedForwardGeluTanh::apply(x2, fc1->weight, fc1->bias, fc2->weight, fc2->bias, add_b2);
     sizes.back() = y.size(1);
     return y.view(sizes);
   }
 #endif
-  return linear_2d(fc2, torch::gelu(linear_2d(fc1, x), "tanh"));
+  return linear_2d(fc2, torch::gelu(linear_2d(fc1, x), "tanh"), add_b2);
 }
 
 }  // namespace sctrain::model

@@ -163,7 +163,7 @@ std::atomic<bool> g_packed_qkv{true};
 
 void set_packed_qkv_attention(bool on) { g_packed_qkv.store(on); }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx) {
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionContext& ctx, bool add_proj_bias) {
   const int64_t B = x.size(0), N = x.size(1), H = c_.n_heads, Dh = c_.head_dim();
   auto fused = linear_2d(qkv, x).view({B, N, 3, H, Dh});
   kernels::SigmoidAttentionOptions sigmoid_opts;
@@ -195,7 +195,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const AttentionCont
               .transpose(1, 2);
     }
   }
-  return linear_2d(proj, o.reshape({B, N, c_.d_model}));
+  return linear_2d(proj, o.reshape({B, N, c_.d_model}), add_proj_bias);
 }
 
 // ---- Feed-forward and block ------------------------------------------------------
@@ -205,8 +205,8 @@ FeedForwardImpl::FeedForwardImpl(const ModelConfig& c) : gelu_tanh_(c.activation
   fc2 = register_module("fc2", torch::nn::Linear(c.d_ff, c.d_model));
 }
 
-torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  return feed_forward(fc1, fc2, x, gelu_tanh_);
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x, bool add_fc2_bias) {
+  return feed_forward(fc1, fc2, x, gelu_tanh_, add_fc2_bias);
 }
 
 BlockImpl::BlockImpl(const ModelConfig& c) : pre_ln_(c.norm == "pre"), dropout_(c.dropout) {
@@ -227,18 +227,29 @@ static torch::Tensor residual_branch(torch::Tensor y, const torch::Tensor& gamma
   return y;
 }
 
+namespace {
+std::atomic<bool> g_branch_bias_in_norm{true};
+}  // namespace
+
+void set_branch_bias_in_norm(bool on) { g_branch_bias_in_norm.store(on); }
+
 Residual BlockImpl::forward_residual(const Residual& in, const AttentionContext& ctx) {
   TORCH_CHECK(pre_ln_, "Block::forward_residual: pre-LN blocks only");
   // Each add goes into the norm after it (add_layer_norm; on the CUDA bf16 path one fused
   // kernel, elsewhere the add, then the norm as before). The residual stream stays float32.
-  auto a = add_layer_norm(in.r, in.h, ln1);
-  auto h1 = residual_branch(attn(a.y, ctx), gamma1, dropout_, is_training());
-  auto b = add_layer_norm(a.x, h1, ln2);
-  return {b.x, residual_branch(ffn(b.y), gamma2, dropout_, is_training())};
+  // Where that kernel runs, it also adds proj's and fc2's biases (LayerScale and dropout come
+  // after the bias, so not with them).
+  const bool bias_in_norm = g_branch_bias_in_norm.load(std::memory_order_relaxed) && !gamma1.defined() &&
+                            !(dropout_ > 0 && is_training()) && fused_add_norm_path(in.r, {}, ln1);
+  auto a = add_layer_norm(in.r, in.h, ln1, true, in.hb);
+  auto h1 = residual_branch(attn(a.y, ctx, !bias_in_norm), gamma1, dropout_, is_training());
+  auto b = add_layer_norm(a.x, h1, ln2, true, bias_in_norm ? attn->proj->bias : torch::Tensor());
+  return {b.x, residual_branch(ffn(b.y, !bias_in_norm), gamma2, dropout_, is_training()),
+          bias_in_norm ? ffn->fc2->bias : torch::Tensor()};
 }
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x_in, const AttentionContext& ctx) {
-  if (pre_ln_) return forward_residual({x_in, {}}, ctx).sum();
+  if (pre_ln_) return forward_residual({x_in, {}, {}}, ctx).sum();
   // post-LN: the norms' outputs are the residual stream; autocast's float32 norm
   torch::Tensor x = x_in;
   x = ln1(x + residual_branch(attn(x, ctx), gamma1, dropout_, is_training()));
@@ -311,9 +322,9 @@ torch::Tensor ModelImpl::forward(const Inputs& in) {
     return h;
   }
   // Pre-LN: the last block's residual add goes into the final norm.
-  Residual s{h, {}};
+  Residual s{h, {}, {}};
   for (const auto& m : *blocks) s = m->as<Block>()->forward_residual(s, ctx);
-  return add_layer_norm(s.r, s.h, final_norm, /*for_gemm=*/false).y;
+  return add_layer_norm(s.r, s.h, final_norm, /*for_gemm=*/false, s.hb).y;
 }
 
 MlmOutput ModelImpl::mlm(const torch::Tensor& hidden, const torch::Tensor& labels) {

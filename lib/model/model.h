@@ -42,7 +42,9 @@ Inputs to_inputs(const data::Batch& b, const torch::Device& device);
 // On CUDA under autocast the float32 weight and bias are cast inside, and their gradients
 // come out of the GEMMs in float32 (at::mm's out_dtype) rather than as bf16 gradients that a
 // cast kernel turns into float32 ones: off with set_direct_weight_grads(false) (A/B, tests).
-torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b);
+// add_bias false: b is neither added nor given a gradient (the caller adds it elsewhere).
+torch::Tensor linear_gemm_grads(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                                bool add_bias = true);
 void set_direct_weight_grads(bool on);
 
 // w cast to t for a GEMM. A float32 CUDA leaf cast to bf16 (the linear layers' weights under autocast)
@@ -60,8 +62,9 @@ torch::Tensor kept_weight_cast(const torch::Tensor& w);
 void weight_cast_written(const torch::Tensor& w);
 
 // l(x) for x [..., in]: 2-D inputs for the GEMM (addmm adds the bias in its epilogue; a 3-D input
-// would take matmul + a broadcast add), through linear_gemm_grads on CUDA.
-torch::Tensor linear_2d(torch::nn::Linear& l, const torch::Tensor& x);
+// would take matmul + a broadcast add), through linear_gemm_grads on CUDA. add_bias false: l's bias
+// is left to the caller.
+torch::Tensor linear_2d(torch::nn::Linear& l, const torch::Tensor& x, bool add_bias = true);
 // gelu(l(x)), exact GELU (gelu_tanh: the tanh approximation, torch::gelu(linear_2d(l, x), "tanh")).
 // Exact, under CUDA bf16 autocast (float32 weights, out_features % 8 == 0): one autograd node, the
 // GEMM, then our GELU kernel; its backward's kernel writes GELU's input gradient and the bias gradient
@@ -73,7 +76,9 @@ void set_fused_gelu(bool on);
 // The feed-forward fc2(gelu(fc1(x))). Exact GELU: linear_2d(fc2, linear_gelu(fc1, x)). gelu_tanh under
 // CUDA bf16 autocast (float32 weights): one autograd node whose GELU and GELU gradient run in the
 // epilogues of cuBLASLt's GEMMs (kernels/gemm_lt.h), with no pass of their own; elsewhere the ATen ops.
-torch::Tensor feed_forward(torch::nn::Linear& fc1, torch::nn::Linear& fc2, const torch::Tensor& x, bool gelu_tanh);
+// add_b2 false: fc2's bias is left to the caller.
+torch::Tensor feed_forward(torch::nn::Linear& fc1, torch::nn::Linear& fc2, const torch::Tensor& x, bool gelu_tanh,
+                           bool add_b2 = true);
 // The feed-forward's tanh GELU in cuBLASLt's epilogues: on by default; off for A/B measurements and
 // tests, then the same node runs ATen's ops. Process-wide.
 void set_lt_epilogues(bool on);
@@ -101,30 +106,38 @@ std::pair<torch::Tensor, torch::Tensor> split_for_bf16_norm(const torch::Tensor&
 void set_split_norm_input(bool on);
 bool split_norm_input();
 
-// The norm in front of a pre-LN branch, with the residual add before it: x = r + h (h
-// undefined: x = r), y = ln(x). for_gemm: y as layer_norm_for_gemm gives it (bf16 on the CUDA
-// bf16 path, the float32 residual split as in the blocks); else (the final norm) y = ln(x), the
-// model's float32 output. Under CUDA bf16 autocast (d % 8 == 0, d <= 1024) one fused kernel
-// (kernels/add_layer_norm.cu, built with the CUDA kernels) reads r and h once and writes x
-// (float32) and y; its backward writes dx = dx_next + LayerNorm backward(dy) once, the gradient
-// of both r and h, and the weight and bias gradients (float32 weights, float32 statistics).
-// Elsewhere, or with set_fused_add_layer_norm(false), the separate ops as before.
+// The norm in front of a pre-LN branch, with the residual add before it: x = r + h + hb (h
+// undefined: x = r; hb, the bias of the layer that made h, needs h), y = ln(x). for_gemm: y as
+// layer_norm_for_gemm gives it (bf16 on the CUDA bf16 path, the float32 residual split as in the
+// blocks); else (the final norm) y = ln(x), the model's float32 output. Under CUDA bf16 autocast
+// (d % 8 == 0, d <= 1024) one fused kernel (kernels/add_layer_norm.cu, built with the CUDA kernels)
+// reads r and h once and writes x (float32) and y; its backward writes dx = dx_next + LayerNorm
+// backward(dy) once, the gradient of both r and h, and the weight and bias gradients (float32
+// weights, float32 statistics), and hb's as dx's column sums (so that hb's layer needs no
+// bias-gradient GEMM). Elsewhere, or with set_fused_add_layer_norm(false), the separate ops as
+// before.
 struct AddNorm {
   torch::Tensor x, y;
 };
 AddNorm add_layer_norm(const torch::Tensor& r, const torch::Tensor& h, torch::nn::LayerNorm& ln,
-                       bool for_gemm = true);
+                       bool for_gemm = true, const torch::Tensor& hb = {});
 // The fused kernel: on by default (when built); off for A/B measurements and tests. Process-wide.
 void set_fused_add_layer_norm(bool on);
 // Whether add_layer_norm takes the fused kernel for these inputs.
 bool fused_add_norm_path(const torch::Tensor& r, const torch::Tensor& h, const torch::nn::LayerNorm& ln);
 
-// A pre-LN residual stream whose last branch output is not added yet: x = r + h (h undefined:
-// x = r), so that the add can go into the next norm's kernel.
+// A pre-LN residual stream whose last branch output is not added yet: x = r + h + hb (h undefined:
+// x = r; hb, undefined or the bias of h's output layer), so that the add can go into the next norm's
+// kernel.
 struct Residual {
-  torch::Tensor r, h;
-  torch::Tensor sum() const { return h.defined() ? r + h : r; }
+  torch::Tensor r, h, hb;
+  torch::Tensor sum() const { return h.defined() ? (hb.defined() ? r + h + hb : r + h) : r; }
 };
+
+// The output layers' biases of pre-LN branches (attention's proj, the feed-forward's fc2) added in
+// the fused add + LayerNorm after them, which then also gives their gradients: on by default where
+// that kernel runs, without LayerScale and active dropout; off for A/B measurements. Process-wide.
+void set_branch_bias_in_norm(bool on);
 
 // Sigmoid attention without QK-norm takes the fused projection packed (kernels::sigmoid_attention_packed:
 // on the CUDA kernel its gradient is written packed, with no stack of dq, dk, dv). On by default; off
@@ -140,7 +153,8 @@ struct AttentionContext {
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const ModelConfig& c);
-  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx);  // [B, N, d]
+  // [B, N, d]; add_proj_bias false: proj's bias is left to the caller.
+  torch::Tensor forward(const torch::Tensor& x, const AttentionContext& ctx, bool add_proj_bias = true);
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
   torch::nn::LayerNorm q_norm{nullptr}, k_norm{nullptr};
 
@@ -153,7 +167,7 @@ TORCH_MODULE(Attention);
 class FeedForwardImpl : public torch::nn::Module {
  public:
   explicit FeedForwardImpl(const ModelConfig& c);
-  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor forward(const torch::Tensor& x, bool add_fc2_bias = true);  // add_fc2_bias: as feed_forward's add_b2
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
 
  private:

@@ -190,6 +190,7 @@ int bench_train(Config cfg, const BenchOptions& o) {
   set_adamw_writes_casts(!env_is("SCTRAIN_ADAMW_CASTS", "0"));
   model::set_fused_cross_entropy(!env_is("SCTRAIN_FUSED_CE", "0"));
   model::set_lt_epilogues(!env_is("SCTRAIN_LT_EPILOGUES", "0"));
+  model::set_branch_bias_in_norm(!env_is("SCTRAIN_BIAS_IN_NORM", "0"));
   std::string status = "ok";
   double tps = 0, tflops = 0, mem = -1, step_ms = 0, loss = 0;
   int64_t params = 0;

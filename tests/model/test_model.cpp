@@ -382,20 +382,22 @@ TEST(Modules, Bf16LayerNormMatchesAutocastGpu) {
   c.qk_norm = true;
   model::Block block(c);
   block->to(torch::kCUDA);
-  {  // LayerNorm weights away from their initial 1 and 0
+  {  // LayerNorm weights away from their initial 1 and 0, and the linear layers' biases from 0
     torch::NoGradGuard g;
     for (auto& p : block->named_parameters())
-      if (p.key().find("norm") != std::string::npos || p.key().find("ln") != std::string::npos)
+      if (p.key().find("norm") != std::string::npos || p.key().find("ln") != std::string::npos ||
+          p.key().find(".bias") != std::string::npos)
         p.value().add_(torch::randn_like(p.value()) * 0.2);
   }
   auto x = (torch::randn({2, 64, c.d_model}) * 3 + 1).to(torch::kCUDA).requires_grad_();
   model::AttentionContext ctx;
   ctx.lengths = torch::full({2}, 64, torch::TensorOptions().dtype(torch::kInt).device(torch::kCUDA));
   auto g = torch::randn({2, 64, c.d_model}).to(torch::kCUDA);
-  auto run = [&](bool bf16, bool split = true, bool fused = true) {
+  auto run = [&](bool bf16, bool split = true, bool fused = true, bool bias_in_norm = true) {
     model::set_bf16_layer_norm(bf16);
     model::set_split_norm_input(split);
     model::set_fused_add_layer_norm(fused);
+    model::set_branch_bias_in_norm(bias_in_norm);
     std::vector<torch::Tensor> out;
     {
       CudaAutocast ac;
@@ -408,11 +410,14 @@ TEST(Modules, Bf16LayerNormMatchesAutocastGpu) {
     out.insert(out.end(), grads.begin(), grads.end());
     return out;
   };
-  // fast: the fused add + norm kernel; unfused: the bf16 norms with separate adds and casts.
-  auto ref = run(false), fast = run(true), unfused = run(true, true, false), nosplit = run(true, false, false);
+  // fast: the fused add + norm kernel (with proj's and fc2's biases); unfused: the bf16 norms with
+  // separate adds and casts; bias_gemm: the fused kernel, the biases in their GEMMs.
+  auto ref = run(false), fast = run(true), unfused = run(true, true, false), nosplit = run(true, false, false),
+       bias_gemm = run(true, true, true, false);
   model::set_bf16_layer_norm(true);
   model::set_split_norm_input(true);
   model::set_fused_add_layer_norm(true);
+  model::set_branch_bias_in_norm(true);
   auto names = block->named_parameters();
   EXPECT_LT(rel_err(fast[0], ref[0]), 2e-2) << "output";
   EXPECT_LT(rel_err(fast[1], ref[1]), 3e-2) << "input gradient";
@@ -436,6 +441,8 @@ TEST(Modules, Bf16LayerNormMatchesAutocastGpu) {
     EXPECT_LT(rel_err(unfused[i], nosplit[i]), kb ? 1.0 : 1e-2) << i;
     if (kb) continue;  // rounding noise on both sides (above)
     EXPECT_LT(rel_err(fast[i], unfused[i]), i == 0 ? 2e-2 : i == 1 ? 3e-2 : 5e-2) << i;
+    // The bias added in float32 after the GEMM's bf16 rounding instead of in its epilogue.
+    EXPECT_LT(rel_err(fast[i], bias_gemm[i]), i == 0 ? 1e-2 : 2e-2) << i;
   }
 
   // The bf16 path makes bf16 norms: the output of ln1 feeds the qkv GEMM uncast.
@@ -569,7 +576,7 @@ TEST(Modules, LinearGeluMatchesFloat64Gpu) {
 
 // The feed-forward with tanh GELU under CUDA bf16 autocast (GELU and its gradient in cuBLASLt's GEMM
 // epilogues) against float64 from the same bf16 operands, and against the same node on ATen's ops
-// (set_lt_epilogues(false)).
+// (set_lt_epilogues(false)); without fc2's bias (add_b2 false), y less that bias and no gradient for it.
 TEST(Modules, FeedForwardGeluTanhMatchesFloat64Gpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
   torch::manual_seed(0);
@@ -582,19 +589,20 @@ TEST(Modules, FeedForwardGeluTanhMatchesFloat64Gpu) {
     fc2->to(torch::kCUDA);
     auto x = torch::randn({1, rows, d}, opt).to(torch::kBFloat16).requires_grad_();
     auto g = torch::randn({1, rows, d}, opt).to(torch::kBFloat16);
-    auto run = [&](bool lt) {
+    auto run = [&](bool lt, bool add_b2 = true) {
       model::set_lt_epilogues(lt);
       torch::Tensor y;
       {
         CudaAutocast ac;
-        y = model::feed_forward(fc1, fc2, x, /*gelu_tanh=*/true);
+        y = model::feed_forward(fc1, fc2, x, /*gelu_tanh=*/true, add_b2);
       }
-      auto grads = torch::autograd::grad({y}, {x, fc1->weight, fc1->bias, fc2->weight, fc2->bias}, {g});
+      auto grads = torch::autograd::grad({y}, {x, fc1->weight, fc1->bias, fc2->weight, fc2->bias}, {g},
+                                         /*retain_graph=*/std::nullopt, /*create_graph=*/false, /*allow_unused=*/true);
       model::set_lt_epilogues(true);
       grads.insert(grads.begin(), y);
       return grads;
     };
-    auto lt = run(true), plain = run(false);
+    auto lt = run(true), plain = run(false), no_b2 = run(true, false);
     // float64 from the bf16 operands and the bf16 pre-activation.
     auto x2 = bf(x).view({rows, d});
     auto g2 = g.to(torch::kDouble).view({rows, d});
@@ -614,6 +622,10 @@ TEST(Modules, FeedForwardGeluTanhMatchesFloat64Gpu) {
       EXPECT_LT(rel_err(lt[i], plain[i]), 2e-2) << names[i] << " against ATen's ops";
     }
     for (int i = 2; i < 6; ++i) EXPECT_EQ(lt[i].scalar_type(), torch::kFloat) << names[i];
+    auto ref_no_b2 = ref[0] - bf(fc2->bias);
+    EXPECT_LT(rel_err(no_b2[0].reshape(ref_no_b2.sizes()), ref_no_b2), 1e-2) << "y without fc2's bias";
+    EXPECT_FALSE(no_b2[5].defined()) << "fc2's bias gradient is the caller's";
+    for (int i = 1; i < 5; ++i) EXPECT_LT(rel_err(no_b2[i], lt[i]), 1e-6) << names[i] << " without fc2's bias";
   }
 }
 
@@ -675,13 +687,16 @@ TEST(Modules, FusedAddLayerNormMatchesFloat64Gpu) {
     int64_t rows, d;
     torch::ScalarType h;  // kFloat, kBFloat16, or kDouble for "no h"
     bool for_gemm, with_dx_next;
+    bool hb = false;  // the branch's bias added with h
   };
   const std::vector<Case> cases{{126, 136, torch::kBFloat16, true, true},  {64, 64, torch::kFloat, true, true},
                                 {200, 512, torch::kDouble, true, true},    {8192, 1024, torch::kBFloat16, true, true},
                                 {8192, 1024, torch::kBFloat16, false, false}, {130, 768, torch::kFloat, false, false},
-                                {4100, 1024, torch::kDouble, true, true}};
+                                {4100, 1024, torch::kDouble, true, true},  {126, 136, torch::kBFloat16, true, true, true},
+                                {8192, 1024, torch::kBFloat16, true, true, true}, {130, 768, torch::kFloat, false, false, true}};
   for (const auto& cs : cases) {
-    SCOPED_TRACE(testing::Message() << cs.rows << " x " << cs.d << " h " << cs.h << " gemm " << cs.for_gemm);
+    SCOPED_TRACE(testing::Message() << cs.rows << " x " << cs.d << " h " << cs.h << " gemm " << cs.for_gemm << " hb "
+                                    << cs.hb);
     torch::nn::LayerNorm ln(torch::nn::LayerNormOptions({cs.d}).eps(1e-5));
     ln->to(cuda);
     {
@@ -693,17 +708,19 @@ TEST(Modules, FusedAddLayerNormMatchesFloat64Gpu) {
     auto r = (torch::randn({cs.rows, cs.d}, opt) * 2 + 0.5).requires_grad_();
     torch::Tensor h;
     if (cs.h != torch::kDouble) h = torch::randn({cs.rows, cs.d}, opt).to(cs.h).requires_grad_();
+    torch::Tensor hb;
+    if (cs.hb) hb = torch::randn({cs.d}, opt).requires_grad_();
     torch::Tensor x, y;
     {
       CudaAutocast ac;
       ASSERT_TRUE(model::fused_add_norm_path(r, h, ln));
-      auto out = model::add_layer_norm(r, h, ln, cs.for_gemm);
+      auto out = model::add_layer_norm(r, h, ln, cs.for_gemm, hb);
       x = out.x;
       y = out.y;
     }
     EXPECT_EQ(x.scalar_type(), torch::kFloat);
     EXPECT_EQ(y.scalar_type(), cs.for_gemm ? torch::kBFloat16 : torch::kFloat);
-    EXPECT_TRUE(torch::equal(x, h.defined() ? r + h : r));  // the same float32 adds
+    EXPECT_TRUE(torch::equal(x, h.defined() ? (hb.defined() ? r + h + hb : r + h) : r));  // the same float32 adds
     // Upstream gradients: dy in y's dtype, dx_next float32.
     auto dy = torch::randn({cs.rows, cs.d}, opt).to(y.scalar_type());
     auto dxn = torch::randn({cs.rows, cs.d}, opt);
@@ -711,13 +728,16 @@ TEST(Modules, FusedAddLayerNormMatchesFloat64Gpu) {
     if (h.defined()) wrt.push_back(h);
     wrt.push_back(ln->weight);
     wrt.push_back(ln->bias);
+    if (hb.defined()) wrt.push_back(hb);
     auto grads = cs.with_dx_next ? torch::autograd::grad({y, x}, wrt, {dy, dxn}) : torch::autograd::grad({y}, wrt, {dy});
 
     // float64 reference
     std::vector<torch::Tensor> wrt64;
     for (const auto& t : wrt) wrt64.push_back(t.detach().to(torch::kDouble).requires_grad_());
     auto x64 = h.defined() ? wrt64[0] + wrt64[1] : wrt64[0] * 1.0;
-    auto w64 = wrt64[wrt64.size() - 2], b64 = wrt64.back();
+    if (hb.defined()) x64 = x64 + wrt64.back();
+    const size_t nw = wrt64.size() - (hb.defined() ? 1 : 0);
+    auto w64 = wrt64[nw - 2], b64 = wrt64[nw - 1];
     auto y64 = torch::layer_norm(x64, {cs.d}, w64, b64, 1e-5);
     auto grads64 = cs.with_dx_next
                        ? torch::autograd::grad({y64, x64}, wrt64, {dy.to(torch::kDouble), dxn.to(torch::kDouble)})
