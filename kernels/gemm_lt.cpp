@@ -35,7 +35,7 @@ struct Gemm {
   cublasOperation_t op_a, op_b;
   Operand a, b, d;  // D = op(A) op(B), m x n
   cublasLtEpilogue_t epilogue;
-  const void* bias;  // bias in, or the bias gradient out
+  const void* bias;  // the bias added by the epilogue, or nullptr
   const void* aux;   // GELU's input, in D's layout: written (forward) or read (backward)
 };
 

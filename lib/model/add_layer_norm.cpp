@@ -51,7 +51,7 @@ torch::autograd::variable_list add_ln_forward(torch::autograd::AutogradContext* 
   p.r = r.data_ptr<float>();
   p.h = h.defined() ? h.data_ptr() : nullptr;
   p.h_type = norm_type(h);
-  p.h_bias = hb.numel() > 0 ? hb.data_ptr<float>() : nullptr;
+  p.h_bias = hb.defined() && hb.numel() > 0 ? hb.data_ptr<float>() : nullptr;
   p.gamma = gamma.data_ptr<float>();
   p.beta = beta.data_ptr<float>();
   p.x = h.defined() ? x.data_ptr<float>() : nullptr;
@@ -121,19 +121,18 @@ std::array<torch::Tensor, 5> add_ln_backward(torch::autograd::AutogradContext* c
   return {dx, dh, dgamma.view(gamma.sizes()), dbeta.view(gamma.sizes()), dhb};
 }
 
-// With a branch output h and its bias hb (an empty tensor when none): outputs x = r + h + hb, y = LN(x).
+// With a branch output h and its bias hb (an empty tensor, which needs no gradient, when none): outputs
+// x = r + h + hb, y = LN(x).
 struct AddLayerNormFn : public torch::autograd::Function<AddLayerNormFn> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& r,
                                                 const torch::Tensor& h, const torch::Tensor& hb,
                                                 const torch::Tensor& gamma, const torch::Tensor& beta, double eps,
                                                 bool bf16_out) {
-    ctx->saved_data["hb"] = hb.numel() > 0;
     return add_ln_forward(ctx, r, h, hb, gamma, beta, eps, bf16_out);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const bool hb = ctx->saved_data["hb"].toBool() && ctx->needs_input_grad(2);
-    auto g = add_ln_backward(ctx, grads, ctx->needs_input_grad(1), hb);
+    auto g = add_ln_backward(ctx, grads, ctx->needs_input_grad(1), ctx->needs_input_grad(2));
     return {g[0], g[1], g[4], g[2], g[3], torch::Tensor(), torch::Tensor()};
   }
 };
@@ -197,7 +196,7 @@ AddNorm add_layer_norm(const torch::Tensor& r, const torch::Tensor& h, torch::nn
     return {out[0], out[1]};
   }
 #endif
-  auto x = h.defined() ? (hb.defined() ? r + h + hb : r + h) : r;
+  auto x = Residual{r, h, hb}.sum();
   if (!for_gemm) return {x, ln(x)};
   if (x.scalar_type() == at::kFloat && bf16_norm_path(x) && split_norm_input()) {
     // The residual stream stays float32; the norm reads its bf16 copy.

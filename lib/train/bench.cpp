@@ -163,7 +163,8 @@ int bench_train(Config cfg, const BenchOptions& o) {
   // SCTRAIN_CACHED_CASTS=0 casts each weight to bf16 at every use;
   // SCTRAIN_ADAMW_CASTS=0 runs ATen's fused AdamW, the kept copies recast in the next forward;
   // SCTRAIN_FUSED_CE=0 runs LibTorch's float32 cross-entropy on a float32 copy of the logits;
-  // SCTRAIN_LT_EPILOGUES=0 runs the tanh-GELU feed-forward on ATen's ops (model::set_lt_epilogues).
+  // SCTRAIN_LT_EPILOGUES=0 runs the tanh-GELU feed-forward on ATen's ops (model::set_lt_epilogues);
+  // SCTRAIN_BIAS_IN_NORM=0 adds proj's and fc2's biases in their GEMMs (model::set_branch_bias_in_norm).
   auto env_is = [](const char* name, const char* value) {
     const char* e = std::getenv(name);
     return e != nullptr && std::string(e) == value;
