@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -286,6 +287,56 @@ TEST(Pretrain, LossFallsOnRealData) {
   torch::NoGradGuard g;
   auto h = m->forward(model::to_inputs(b, torch::kCPU));
   EXPECT_EQ(model::ModelImpl::cell_embedding(h).sizes(), (std::vector<int64_t>{1, 32}));
+}
+
+// On the GPU the fused add + LayerNorm adds proj's and fc2's biases and sums their gradients
+// (model::set_branch_bias_in_norm). Trained on real data with it and without (the biases in
+// their GEMMs), the losses agree step by step and the biases learn the same thing.
+TEST(Pretrain, BranchBiasInNormOnRealDataGpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA GPU";
+  auto dir = temp_dir("bias_in_norm");
+  auto cfg = tiny_run(40);
+  cfg.data.files = {sctrain::testing::project_data("pbmc3k_seurat.h5ad")};
+  cfg.model.activation = "gelu_tanh";
+  cfg.model.attention = "sigmoid";
+  cfg.model.d_model = 128;  // head dim 64: the sigmoid kernel's
+  cfg.model.d_ff = 256;
+  cfg.train.device = "cuda";  // precision auto: bf16 autocast, the fused kernels' path
+  cfg.train.checkpoint_every = 40;
+  std::vector<Line> losses[2];
+  torch::Tensor biases[2];
+  for (int on : {1, 0}) {
+    model::set_branch_bias_in_norm(on == 1);
+    const auto out = dir / (on ? "on" : "off");
+    ASSERT_EQ(train::pretrain(cfg, quiet(out)), 0);
+    losses[on] = loss_lines(out / "metrics.jsonl");
+    auto m = train::load_checkpoint_model(out / "checkpoints" / "step_0000040", torch::kCPU);
+    std::vector<torch::Tensor> b;
+    for (const auto& item : m->named_parameters()) {
+      const auto& k = item.key();
+      if (k.find("blocks.") != 0) continue;
+      if (k.size() > 9 && (k.substr(k.size() - 9) == "proj.bias" || k.substr(k.size() - 8) == "fc2.bias")) {
+        EXPECT_GT(item.value().abs().max().item<float>(), 0.f) << k << " never moved from zero: no gradient";
+        b.push_back(item.value().flatten());
+      }
+    }
+    ASSERT_EQ(b.size(), 4u) << "2 blocks x (proj, fc2)";
+    biases[on] = torch::cat(b);
+  }
+  model::set_branch_bias_in_norm(true);
+  ASSERT_EQ(losses[0].size(), 40u);
+  ASSERT_EQ(losses[1].size(), 40u);
+  double first = 0, last = 0, max_rel = 0;
+  for (size_t i = 0; i < 40; ++i) {
+    max_rel = std::max(max_rel, std::abs(losses[1][i].value - losses[0][i].value) / losses[0][i].value);
+    if (i < 5) first += losses[1][i].value / 5;
+    if (i >= 35) last += losses[1][i].value / 5;
+  }
+  EXPECT_LT(last, first - 0.5) << "with the biases in the norm the loss did not fall";
+  EXPECT_LT(max_rel, 0.02) << "the losses of the two runs part";
+  const double cos = torch::cosine_similarity(biases[1], biases[0], 0).item<double>();
+  std::printf("losses %.3f -> %.3f, largest relative difference %.4f, biases' cosine %.4f\n", first, last, max_rel, cos);
+  EXPECT_GT(cos, 0.8) << "proj's and fc2's biases learned different things with and without the fused path";
 }
 
 TEST(Pretrain, ResumeGivesTheSameLosses) {
