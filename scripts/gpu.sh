@@ -3,6 +3,8 @@
 #   scripts/gpu.sh [STEP...]   default: kernels
 # Steps: all = project train kernels-sanitize kernels-bench
 #        project = build everything, run the whole test suite (GPU tests included)
+#        gpu-tests = build sctrain and the three test binaries that hold GPU tests (kernels, model, train)
+#                    and run them whole: the GPU check of a change in less device time than project
 #        train = pretrain on the GPU (softmax, sigmoid), then scripts/bench_train.sh (ours vs HF BERT)
 #        kernels = kernels-build kernels-test kernels-sanitize kernels-bench
 #        kernels-build | kernels-test | kernels-sanitize | kernels-bench | kernels-bench-quick | kernels-profile
@@ -75,17 +77,32 @@ kernels_bench() {
   else "$(bin kernels/attention_bench)" --json "$out/bench.json" "$@" 2>&1 | tee "$out/bench.log"; fi
 }
 
-project_build_test() {
+configure_project() {
   if [[ $standalone -eq 1 && -z ${SCTRAIN_KERNELS_ONLY:-} ]]; then  # a kernels-only build from an earlier call
     echo "== $build holds a kernels-only build: configuring the whole project afresh"
     rm -rf "$build"; mkdir -p "$out"; standalone=0
   fi
   configure
+}
+project_build_test() {
+  configure_project
   echo "== build all"
   ninja -C "$build" -j16 >"$out/build-all.log" 2>&1 || { grep -E "error|FAILED" -A3 "$out/build-all.log" | head -40; exit 1; }
   echo "== ctest"
   (cd "$build" && ctest -j8 --timeout 300 --output-on-failure >"$out/ctest.log" 2>&1) || status=1
   tail -25 "$out/ctest.log"
+}
+gpu_tests() {
+  configure_project
+  echo "== build sctrain and the tests with GPU cases"
+  ninja -C "$build" -j16 sctrain test_attention test_model test_train >"$out/build-gpu-tests.log" 2>&1 ||
+    { grep -E "error|FAILED" -A3 "$out/build-gpu-tests.log" | head -40; exit 1; }
+  for t in kernels/test_attention model/test_model train/test_train; do
+    echo "== $t"
+    # A hung kernel must not take the whole device call.
+    timeout 300 "$build/tests/$t" --gtest_brief=1 >"$out/$(basename $t).log" 2>&1 || status=1
+    grep -E "^\[ *(PASSED|FAILED|SKIPPED) *\]|Failure|^\[ 8K \]|largest relative|losses" "$out/$(basename $t).log" | head -20
+  done
 }
 train_run() {
   echo "== pretrain on the GPU (quickstart config, 60 steps, softmax and sigmoid)"
@@ -132,6 +149,7 @@ for step in "$@"; do
   case $step in
     all) project_build_test; train_run; kernels_sanitize; kernels_bench ;;
     project) project_build_test ;;
+    gpu-tests) gpu_tests ;;
     train) train_run ;;
     train-ab) train_ab ;;
     train-profile) train_profile ;;
