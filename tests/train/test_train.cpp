@@ -96,6 +96,13 @@ std::vector<Line> loss_lines(const fs::path& metrics) {
   return out;
 }
 
+// The mean loss of lines [from, from + n).
+double mean_loss(const std::vector<Line>& lines, size_t from, size_t n) {
+  double sum = 0;
+  for (size_t i = from; i < from + n; ++i) sum += lines[i].value;
+  return sum / static_cast<double>(n);
+}
+
 // An engine-level run: a tiny model, synthetic batches (random genes, every 4th masked).
 train::Config tiny_engine(const std::string& device, double max_grad_norm) {
   train::Config c;
@@ -255,11 +262,7 @@ TEST(Pretrain, LossFallsOnRealData) {
   ASSERT_EQ(train::pretrain(cfg, quiet(dir)), 0);
   auto lines = loss_lines(dir / "metrics.jsonl");
   ASSERT_EQ(lines.size(), 40u);
-  double first = 0, last = 0;
-  for (int i = 0; i < 5; ++i) {
-    first += lines[i].value / 5;
-    last += lines[lines.size() - 1 - i].value / 5;
-  }
+  const double first = mean_loss(lines, 0, 5), last = mean_loss(lines, lines.size() - 5, 5);
   EXPECT_LT(last, first - 0.5) << "first 5 steps " << first << ", last 5 " << last;
   EXPECT_TRUE(fs::exists(dir / "config.yaml"));
   EXPECT_TRUE(fs::exists(dir / "checkpoints" / "step_0000040" / "model.pt"));
@@ -305,6 +308,9 @@ TEST(Pretrain, BranchBiasInNormOnRealDataGpu) {
   cfg.train.checkpoint_every = 40;
   std::vector<Line> losses[2];
   torch::Tensor biases[2];
+  struct RestoreSwitch {  // on again however the test ends: the tests after it share the process
+    ~RestoreSwitch() { model::set_branch_bias_in_norm(true); }
+  } restore;
   for (int on : {1, 0}) {
     model::set_branch_bias_in_norm(on == 1);
     const auto out = dir / (on ? "on" : "off");
@@ -314,8 +320,8 @@ TEST(Pretrain, BranchBiasInNormOnRealDataGpu) {
     std::vector<torch::Tensor> b;
     for (const auto& item : m->named_parameters()) {
       const auto& k = item.key();
-      if (k.find("blocks.") != 0) continue;
-      if (k.size() > 9 && (k.substr(k.size() - 9) == "proj.bias" || k.substr(k.size() - 8) == "fc2.bias")) {
+      if (!k.starts_with("blocks.")) continue;
+      if (k.ends_with("proj.bias") || k.ends_with("fc2.bias")) {
         EXPECT_GT(item.value().abs().max().item<float>(), 0.f) << k << " never moved from zero: no gradient";
         b.push_back(item.value().flatten());
       }
@@ -323,15 +329,12 @@ TEST(Pretrain, BranchBiasInNormOnRealDataGpu) {
     ASSERT_EQ(b.size(), 4u) << "2 blocks x (proj, fc2)";
     biases[on] = torch::cat(b);
   }
-  model::set_branch_bias_in_norm(true);
   ASSERT_EQ(losses[0].size(), 40u);
   ASSERT_EQ(losses[1].size(), 40u);
-  double first = 0, last = 0, max_rel = 0;
-  for (size_t i = 0; i < 40; ++i) {
+  double max_rel = 0;
+  for (size_t i = 0; i < 40; ++i)
     max_rel = std::max(max_rel, std::abs(losses[1][i].value - losses[0][i].value) / losses[0][i].value);
-    if (i < 5) first += losses[1][i].value / 5;
-    if (i >= 35) last += losses[1][i].value / 5;
-  }
+  const double first = mean_loss(losses[1], 0, 5), last = mean_loss(losses[1], 35, 5);
   EXPECT_LT(last, first - 0.5) << "with the biases in the norm the loss did not fall";
   EXPECT_LT(max_rel, 0.03) << "the losses of the two runs part";  // H100: 0.0154
   const double cos = torch::cosine_similarity(biases[1], biases[0], 0).item<double>();
