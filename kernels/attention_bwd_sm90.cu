@@ -16,9 +16,9 @@
 //                                         accumulator (attention_cuda.h), added by 16-byte atomics
 //   dVw += P^T dO, dKw += dS^T Q          wgmma m64nD, A from registers, B MN-major, issued after dQ
 //                                         so that dQ's atomics run under them
-// Block barriers per step: one once dS^T is in shared memory (dQ reads all 128 keys' rows); one at the
-// start only for a tile loaded by cp.async; at d128 one at the end (the stage and dS^T are reused next
-// step), at d64 none (dS^T double-buffered, the next tiles loaded after the mid-step barrier).
+// Block barriers per step: one once dS^T is in shared memory (dQ reads all 128 keys' rows), and one at
+// the start only for a tile loaded by cp.async. None at the end: dS^T is double-buffered and the next
+// tiles are loaded after the mid-step barrier, when both warpgroups are past the step that read that stage.
 // At d128 each key block starts its sweep over the query blocks at its own offset (x * nqb / nkb), so
 // the blocks of one head that run together add into different rows of dQ (less contention in L2).
 #include "kernels/attention_cuda.h"
@@ -43,12 +43,9 @@ __device__ __forceinline__ void fence_regs(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-// No end-of-step barrier (d64): dS^T double-buffered, and the next tiles loaded after the mid-step
-// barrier (both warpgroups are past the step that read that stage); same-run A/B: +1-3% at d64, -1-3%
-// at d128 (60 bytes of spills there).
-constexpr bool no_end_barrier(int D) { return D == 64; }
-
-template <typename T, int D, int NS, int BR, bool W = no_end_barrier(D)>
+// Without the end-of-step barrier, same-run A/Bs: d64 +1-3%; d128 (since v50 without spills) level at
+// 1-4K, +3-7% at 8-16K (H100, 3 rounds).
+template <typename T, int D, int NS, int BR>
 __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
   constexpr bool kStagger = D == 128;  // measured: +5-10% at d128, -2-4% at d64
   // BR = 128 query steps: dQ's wgmma splits the queries between the warpgroups, not the columns.
@@ -60,8 +57,8 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
   T* sV = sK + BC * D;
   T* sQ = sV + BC * D;        // NS stages
   T* sdO = sQ + NS * BR * D;   // NS stages
-  T* sdS = sdO + NS * BR * D;  // [BC keys][BR queries], 2 buffers when W
-  const uint32_t bar0 = smem_addr(sdS + (W ? 2 : 1) * BC * BR);  // TMA: Q/dO stage barriers at bar0 + 8 st; K/V at bar0 + 8 NS
+  T* sdS = sdO + NS * BR * D;  // [BC keys][BR queries], 2 buffers
+  const uint32_t bar0 = smem_addr(sdS + 2 * BC * BR);  // TMA: Q/dO stage barriers at bar0 + 8 st; K/V at bar0 + 8 NS
 
   const int tid = threadIdx.x, wg = warpgroup_index(), lane = tid % 32, wi = (tid % 128) / 32;
   const int g = lane / 4, t = lane % 4;
@@ -137,22 +134,10 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
 
     for (int it = 0; it < nqb; ++it) {
       const int st = it % NS, i = qblock(it);
-      // W: wait for cp.async groups only in a step whose tiles came (partly) by cp.async, since the wait
+      // Wait for cp.async groups only in a step whose tiles came (partly) by cp.async, since the wait
       // (DEPBAR) also holds until the last step's dQ atomics have read their source registers (same-run
-      // A/B at d64: +1-5% at 4-16K). At d128 the same measured -3-9% at 8K, so it waits every step there.
-      if constexpr (W) {
-        if (!q_full(i) || (it == 0 && !kv_full)) cp_async_wait<NS - 2>();  // this step's tiles (the next step's group may be pending at NS = 3)
-      } else if constexpr (NS == 3) {
-        // Stage (it + 2) % 3 was read in step it - 1, which ended at a barrier after its wgmma.
-        if (it + 2 < nqb) load_stage((it + 2) % 3, qblock(it + 2));
-        else cp_async_commit();
-        cp_async_wait<2>();
-      } else if (it + 1 < nqb) {
-        load_stage(st ^ 1, qblock(it + 1));
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
+      // A/B at d64: +1-5% at 4-16K).
+      if (!q_full(i) || (it == 0 && !kv_full)) cp_async_wait<NS - 2>();  // this step's tiles (the next step's group may be pending at NS = 3)
       if (q_full(i)) {
         mbar_wait(bar0 + 8 * st, (phase >> st) & 1);
         phase ^= 1u << st;
@@ -213,7 +198,7 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
         const int mrow = wg * 64 + wi * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, mcol = (lane >> 4) * 8;
 #pragma unroll
         for (int m = 0; m < BR / 16; ++m)
-          stmatrix_x4(smem_addr(sdS + (W ? (it & 1) * BC * BR : 0) + tile_off<BC>(mrow, 16 * m + mcol)), dsf[m][0], dsf[m][1], dsf[m][2], dsf[m][3]);
+          stmatrix_x4(smem_addr(sdS + (it & 1) * BC * BR + tile_off<BC>(mrow, 16 * m + mcol)), dsf[m][0], dsf[m][1], dsf[m][2], dsf[m][3]);
       }
 
       // dQ (64 queries x D) += dS K over all 128 keys; warpgroup w takes columns [w*D/2, (w+1)*D/2).
@@ -221,15 +206,13 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
       // Then dV += P^T dO, dK += dS^T Q: k = 16 queries per step (2048 bytes), N = D across column halves.
       fence_proxy_async();  // sdS written by ordinary stores, read by the tensor cores
       __syncthreads();      // dS^T of all 128 keys complete
-      if constexpr (W) {
-        // Both warpgroups finished step it - 1, so its stage takes step it + NS - 1's tiles.
-        if (it + NS - 1 < nqb) load_stage((it + NS - 1) % NS, qblock(it + NS - 1));
-        else cp_async_commit();
-      }
+      // Both warpgroups finished step it - 1, so its stage takes step it + NS - 1's tiles.
+      if (it + NS - 1 < nqb) load_stage((it + NS - 1) % NS, qblock(it + NS - 1));
+      else cp_async_commit();
       {
         constexpr int NQ = kQueryHalves ? D : D / 2;
         const T* sKc = kQueryHalves ? sK : sK + (D == 128 ? wg * BC * 64 : wg * 32);
-        const T* sdSb = sdS + (W ? (it & 1) * BC * BR : 0);
+        const T* sdSb = sdS + (it & 1) * BC * BR;
         const T* sdSw = kQueryHalves ? sdSb + wg * BC * 64 : sdSb;
         float dqa[NQ / 2];
         const uint64_t desc_ds = desc(sdSw, 8192, 1024), desc_kc = desc(sKc, 8192, 1024),
@@ -253,7 +236,6 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
         if (rb * 64 < len) atomic_add_chunk(dq + (static_cast<int64_t>(rb) * (D / 64) + (kQueryHalves ? 0 : wg)) * 4096, dqa, wi, lane);
         wgmma_wait<0>();
       }
-      if constexpr (!W) __syncthreads();  // stage and sdS free for the next step
     }
     wgmma_wait<0>();  // nothing in flight past the loop
   }
@@ -288,8 +270,7 @@ bool launch(const AttnParams& p, cudaStream_t stream) {
         encode_tile_map<T, D>(&maps.v, p.v, p.v_stride, p, BC) &&
         encode_tile_map<T, D>(&maps.dout, p.dout, p.do_stride, p, BR)))
     return false;
-  constexpr int dS_buffers = no_end_barrier(D) ? 2 : 1;
-  const size_t smem = static_cast<size_t>(2 * BC * D + 2 * NS * BR * D + dS_buffers * BC * BR) * sizeof(T) + 8 * (NS + 1) + 1024;
+  const size_t smem = static_cast<size_t>(2 * BC * D + 2 * NS * BR * D + 2 * BC * BR) * sizeof(T) + 8 * (NS + 1) + 1024;
   auto kernel = bwd_kernel<T, D, NS, BR>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   dim3 grid((p.N + BC - 1) / BC, p.H, p.B);
