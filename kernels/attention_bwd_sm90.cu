@@ -19,8 +19,8 @@
 // Block barriers per step: one once dS^T is in shared memory (dQ reads all 128 keys' rows), and one at
 // the start only for a tile loaded by cp.async. None at the end: dS^T is double-buffered and the next
 // tiles are loaded after the mid-step barrier, when both warpgroups are past the step that read that stage.
-// At d128 each key block starts its sweep over the query blocks at its own offset (x * nqb / nkb), so
-// the blocks of one head that run together add into different rows of dQ (less contention in L2).
+// Each key block starts its sweep over the query blocks at its own offset (x * nqb / nkb), so the
+// blocks of one head that run together add into different rows of dQ (less contention in L2).
 #include "kernels/attention_cuda.h"
 #include "kernels/launch.cuh"
 #include "kernels/sm90_common.cuh"
@@ -47,7 +47,6 @@ __device__ __forceinline__ void fence_regs(float (&r)[N]) {
 // 1-4K, +3-7% at 8-16K (H100, 3 rounds).
 template <typename T, int D, int NS, int BR>
 __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
-  constexpr bool kStagger = D == 128;  // measured: +5-10% at d128, -2-4% at d64
   // BR = 128 query steps: dQ's wgmma splits the queries between the warpgroups, not the columns.
   constexpr bool kQueryHalves = BR == 128;
   static_assert(BR == 64 || (BR == 128 && D == 64), "128-query steps at head dim 64 only");
@@ -85,7 +84,8 @@ __global__ void __launch_bounds__(NT, 1) bwd_kernel(const AttnParams p, const __
     const float hs = 0.5f * p.scale, hb = 0.5f * bias;
     const int nqb = (len + BR - 1) / BR;
 
-    const int i0 = kStagger ? static_cast<int>((static_cast<int64_t>(blockIdx.x) * nqb) / ((len + BC - 1) / BC)) : 0;
+    // Staggered start (see the top): +5-10% at d128; at d64 -2-4% once, +1-7% since v53 (H100, 3 rounds).
+    const int i0 = static_cast<int>((static_cast<int64_t>(blockIdx.x) * nqb) / ((len + BC - 1) / BC));
     auto qblock = [&](int it) {  // query block of step it
       const int i = i0 + it;
       return i >= nqb ? i - nqb : i;

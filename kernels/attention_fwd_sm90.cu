@@ -1,13 +1,13 @@
 // Forward sigmoid attention, Hopper path (sm_90a): wgmma with operands in shared memory.
-// One block = 1 producer + 2 consumer warpgroups; each consumer owns 64 query rows of one (batch, head).
-// Key blocks of BC = 64, in a ring of 4 stages.
+// One block = 1 producer + NWG consumer warpgroups (2, or 4 at d64 past N = 2048); each consumer owns
+// 64 query rows of one (batch, head). Key blocks of BC = 64, in a ring of 4 stages (8 with 4 consumers).
 // Producer fills the K/V ring: key blocks wholly inside the sequence (and Q with block 0) by TMA,
 // issued by one thread, the stage's "full" barrier counting the bytes; a sequence's last partial block
 // by cp.async, zero-filled past the length, each thread's cp.async.mbarrier.arrive counting on that
 // barrier. Consumers wait on "full", release a stage through its "empty" barrier once PV of that
 // block retired, and never meet each other, so one's sigmoid runs under the other's wgmma.
 // d64: two blocks per SM (producer at 24 registers, consumers at 104), so the other block's warps
-// also fill the tensor cores during a sigmoid. d128: one block per SM (40 / 232 registers), and
+// also fill the tensor cores during a sigmoid, or one block of four consumers (24 / 112). d128: one block per SM (40 / 232 registers), and
 // S_{j+1} is issued before the sigmoid of block j, to run under it.
 // O: rows past the length are written as zeros; at d128 a warpgroup's 64 rows wholly inside the sequence
 // go out through shared memory by TMA store.
@@ -21,14 +21,14 @@
 #include "kernels/sm90_common.cuh"
 #include "kernels/sm90_tma.cuh"
 
+#include <cstdlib>
 #include <type_traits>
 
 namespace sctrain::kernels::cuda {
 namespace sm90 {
 namespace {
 
-// Warpgroup 0 produces (TMA or cp.async into the K/V ring); warpgroups 1, 2 consume.
-constexpr int NWG = 2, BR = 64 * NWG, NT = 128 * (NWG + 1);
+// Warpgroup 0 produces (TMA or cp.async into the K/V ring); warpgroups 1..NWG consume (64 rows each).
 
 struct TmaMaps {
   CUtensorMap q, k, v, o;  // o: boxes of 64 rows (one warpgroup's)
@@ -51,8 +51,9 @@ __device__ __forceinline__ void load_tile_lean(T* s, const T* g, int64_t stride,
 }
 
 // CTAS blocks per SM: 2 (registers 24 / 104, no S prefetch) or 1 (40 / 232, S_{j+1} before the sigmoid of j).
-template <typename T, int D, int BC, int STAGES, int CTAS>
-__global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
+template <typename T, int D, int BC, int STAGES, int CTAS, int NWG>
+__global__ void __launch_bounds__(128 * (NWG + 1), CTAS) fwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
+  constexpr int BR = 64 * NWG;
   extern __shared__ unsigned char smem_raw[];
   // 1024-byte alignment for the swizzled tiles.
   unsigned char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -84,24 +85,24 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
     return;
   }
   const int nkb = (len + BC - 1) / BC;
-  // A consumer whose 64 rows are all padding (the second, in a sequence's last block) only writes zeros;
-  // the stages then wait for the other's 4 warps alone.
-  const bool second_idle = q0 + 64 >= len;
+  // Consumers whose 64 rows are all padding (in a sequence's last block) only write zeros; the stages
+  // then wait for the active ones' warps alone.
+  const int active = min(NWG, (len - q0 + 63) / 64);
   if (tid == 0) {
-    if constexpr (CTAS == 1) {  // d128 only: at d64, with the TMA store below, -2-3% at 8K
+    if constexpr (D == 128) {  // at d64, with the TMA store below, -2-3% at 8K
       tma_prefetch_map(&maps.q);
       tma_prefetch_map(&maps.k);
       tma_prefetch_map(&maps.v);
     }
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full0 + 8 * s, 128);
-      mbar_init(empty0 + 8 * s, second_idle ? 4 : 8);
+      mbar_init(empty0 + 8 * s, 4 * active);
     }
   }
   __syncthreads();
 
   if (wg < 0) {  // producer warpgroup
-    if constexpr (CTAS == 1) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if constexpr (D == 128) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     else asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n" ::: "memory");
     const T* q = static_cast<const T*>(p.q) + b * p.q_stride[0] + h * p.q_stride[2];
     const T* k = static_cast<const T*>(p.k) + b * p.k_stride[0] + h * p.k_stride[2];
@@ -135,11 +136,12 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
     return;
   }
 
-  if (wg == 1 && second_idle) {
+  if (wg >= active) {
     write_zero_rows();
     return;
   }
-  if constexpr (CTAS == 1) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  if constexpr (D == 128) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  else if constexpr (NWG == 4) asm volatile("setmaxnreg.inc.sync.aligned.u32 112;\n" ::: "memory");
   else asm volatile("setmaxnreg.inc.sync.aligned.u32 104;\n" ::: "memory");
   const float bias = p.has_bias ? p.bias : -logf(static_cast<float>(len));
   const float hs = 0.5f * p.scale, hb = 0.5f * bias;
@@ -202,7 +204,7 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
     sigmoid_p(pf, s);
     issue_pv(pf, j);
   };
-  if constexpr (CTAS == 1) {
+  if constexpr (D == 128) {
     float sa[BC / 2], sb[BC / 2];
     wait_full(0);
     issue_s(sa, 0);
@@ -232,7 +234,7 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
   // its last wgmma retired; same swizzled layout) and out by one TMA store per column half, instead of
   // 64 checked 4-byte stores per thread (ncu at N = 1K: 14% of the samples). d64 keeps the stores
   // (same-run A/B: +2% at 1K, -2-3% at 8K).
-  if constexpr (CTAS == 1) {
+  if constexpr (D == 128) {
     // Indices from threadIdx / blockIdx again: keeping them live through the loop costs a spill.
     const int w0 = blockIdx.x * BR + (threadIdx.x / 128 - 1) * 64;
     if (w0 + 64 <= len) {
@@ -270,19 +272,20 @@ __global__ void __launch_bounds__(NT, CTAS) fwd_kernel(const AttnParams p, const
 
 // Tensor maps of Q, K, V (boxes of BR query rows, BC key rows) and, at d128, O (64 rows); false: the caller
 // takes the portable path.
-template <typename T, int D, int BC>
+template <typename T, int D, int BC, int BR>
 bool make_maps(const AttnParams& p, TmaMaps& m) {
   const int64_t o_st[3] = {static_cast<int64_t>(p.N) * p.H * D, static_cast<int64_t>(p.H) * D, D};
   return encode_tile_map<T, D>(&m.q, p.q, p.q_stride, p, BR) && encode_tile_map<T, D>(&m.k, p.k, p.k_stride, p, BC) &&
          encode_tile_map<T, D>(&m.v, p.v, p.v_stride, p, BC) && (D == 64 || encode_tile_map<T, D>(&m.o, p.o, o_st, p, 64));
 }
 
-template <typename T, int D, int BC, int STAGES, int CTAS>
+template <typename T, int D, int BC, int STAGES, int CTAS, int NWG>
 bool launch_variant(const AttnParams& p, cudaStream_t stream) {
+  constexpr int BR = 64 * NWG, NT = 128 * (NWG + 1);
   const size_t smem = static_cast<size_t>(BR + 2 * STAGES * BC) * D * sizeof(T) + 16 * STAGES + 1024;
   TmaMaps maps{};
-  if (!make_maps<T, D, BC>(p, maps)) return false;
-  auto kernel = fwd_kernel<T, D, BC, STAGES, CTAS>;
+  if (!make_maps<T, D, BC, BR>(p, maps)) return false;
+  auto kernel = fwd_kernel<T, D, BC, STAGES, CTAS, NWG>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   dim3 grid((p.N + BR - 1) / BR, p.H, p.B);
   kernel<<<grid, NT, smem, stream>>>(p, maps);
@@ -291,11 +294,21 @@ bool launch_variant(const AttnParams& p, cudaStream_t stream) {
 
 template <typename T, int D>
 bool launch(const AttnParams& p, cudaStream_t stream) {
-  // K/V stages: 4 (d128: 5 measured no different).
-  // d64: two blocks per SM (same-run A/B against one block with 128-key blocks, 6 stages and the S
-  // prefetch: +3-19%, most at short N); at d128 the consumers' registers allow one block.
-  if constexpr (D == 64) return launch_variant<T, D, 64, 4, 2>(p, stream);
-  else return launch_variant<T, D, 64, 4, 1>(p, stream);
+  // d128: one block per SM (the consumers' registers), 4 K/V stages (5 measured no different).
+  if constexpr (D == 128) {
+    return launch_variant<T, D, 64, 4, 1, 2>(p, stream);
+  } else {
+    // d64 up to N = 2048: two blocks of 128 query rows per SM, 4 stages (same-run A/B against one block
+    // with 128-key blocks, 6 stages and the S prefetch: +3-19%, most at short N); one block's fill and
+    // drain run under the other's steps. Longer: one block of 256 rows (four consumers at 112
+    // registers, 8 stages), which reads each K/V block once for twice the queries (same-run A/B, H100,
+    // 3 rounds: +4% at 4K, +5% at 8K, +8% at 16K, +7% at the 160m model's 2 x 8192 x 16 heads; level at
+    // 2K, -7% at 1K). SCTRAIN_ATTENTION_FWD_ROWS=128|256 overrides the choice (tests run both).
+    const char* env = std::getenv("SCTRAIN_ATTENTION_FWD_ROWS");
+    const int rows = env != nullptr ? std::atoi(env) : (p.N > 2048 ? 256 : 128);
+    if (rows == 256) return launch_variant<T, D, 64, 8, 1, 4>(p, stream);
+    return launch_variant<T, D, 64, 4, 2, 2>(p, stream);
+  }
 }
 
 }  // namespace

@@ -242,6 +242,25 @@ TEST(SigmoidAttentionGpu, NanInPaddingDoesNotLeak) {
   });
 }
 
+// The d64 forward's two block shapes (128 query rows, two blocks per SM; 256 rows, one block), each
+// forced at lengths where the other is the default: edge lengths, NaN in padding, many tiles, 8K.
+TEST(SigmoidAttentionGpu, BothForwardBlockShapes) {
+  REQUIRE_GPU();
+  setenv("SCTRAIN_ATTENTION_FWD_ROWS", "256", 1);
+  edge_cases();
+  Case c{3, 300, 2, 64, torch::kBFloat16, {77, 256, 300}};
+  c.nan_padding = true;
+  run_case(c, 51);
+  std::mt19937 rng(78);
+  Case m{12, 700, 16, 64, torch::kHalf, {700, 0, 1, 255}};
+  while (static_cast<int>(m.lens.size()) < m.B) m.lens.push_back(static_cast<int>(rng() % 701));
+  m.nan_padding = true;
+  run_case(m, 52);
+  setenv("SCTRAIN_ATTENTION_FWD_ROWS", "128", 1);
+  run_case({1, 8192, 2, 64, torch::kBFloat16, {7001}}, 53);
+  unsetenv("SCTRAIN_ATTENTION_FWD_ROWS");
+}
+
 TEST(SigmoidAttentionGpu, LongerSequences) {
   REQUIRE_GPU();
   run_case({2, 1024, 2, 128, torch::kBFloat16, {1024, 777}}, 7);
