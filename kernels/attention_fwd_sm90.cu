@@ -7,8 +7,9 @@
 // barrier. Consumers wait on "full", release a stage through its "empty" barrier once PV of that
 // block retired, and never meet each other, so one's sigmoid runs under the other's wgmma.
 // d64: two blocks per SM (producer at 24 registers, consumers at 104), so the other block's warps
-// also fill the tensor cores during a sigmoid, or one block of four consumers (24 / 112). d128: one block per SM (40 / 232 registers), and
-// S_{j+1} is issued before the sigmoid of block j, to run under it.
+// also fill the tensor cores during a sigmoid, or past N = 2048 one block of four consumers (24 / 112).
+// d128: one block per SM (40 / 232 registers), and S_{j+1} is issued before the sigmoid of block j,
+// to run under it.
 // O: rows past the length are written as zeros; at d128 a warpgroup's 64 rows wholly inside the sequence
 // go out through shared memory by TMA store.
 // S = Q K^T: wgmma m64nBCk16, A and B from shared memory (K-major, 128-byte swizzle).
@@ -27,8 +28,6 @@
 namespace sctrain::kernels::cuda {
 namespace sm90 {
 namespace {
-
-// Warpgroup 0 produces (TMA or cp.async into the K/V ring); warpgroups 1..NWG consume (64 rows each).
 
 struct TmaMaps {
   CUtensorMap q, k, v, o;  // o: boxes of 64 rows (one warpgroup's)
@@ -50,7 +49,9 @@ __device__ __forceinline__ void load_tile_lean(T* s, const T* g, int64_t stride,
   }
 }
 
-// CTAS blocks per SM: 2 (registers 24 / 104, no S prefetch) or 1 (40 / 232, S_{j+1} before the sigmoid of j).
+// Warpgroup 0 produces, warpgroups 1..NWG consume. CTAS blocks per SM. d64: 2 blocks of 2 consumers
+// (registers 24 / 104) or 1 of 4 (24 / 112), no S prefetch; d128: 1 of 2 (40 / 232), S_{j+1} issued
+// before the sigmoid of j.
 template <typename T, int D, int BC, int STAGES, int CTAS, int NWG>
 __global__ void __launch_bounds__(128 * (NWG + 1), CTAS) fwd_kernel(const AttnParams p, const __grid_constant__ TmaMaps maps) {
   constexpr int BR = 64 * NWG;
