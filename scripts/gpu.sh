@@ -12,6 +12,10 @@
 #                   SCTRAIN_FUSED_CE=0) against none, interleaved, 2 rounds, at 8 x 2048 (clip 1.0)
 #                   and 2 x 8192 (no clipping)
 #        train-profile = GPU time per kernel of the 160m sigmoid step at 8 x 2048 (SCTRAIN_PROFILE=3)
+#        kernels-ab = sctrain bench attention with each switch of SCTRAIN_AB (required, e.g.
+#                     SCTRAIN_ATTENTION_FWD_ROWS=192) against none, interleaved; KAB_ROUNDS rounds (3),
+#                     KAB_ARGS the bench's arguments (d 64 and 128, N = 1-16K, dense, 10 reps); one line per
+#                     (d, N): ours fwd / bwd TFLOP/s, cuDNN's, and padded where run
 # Logs and JSON go to $OUT (set by the device tool), else build-gpu/out. Add steps in the case below.
 # SCTRAIN_KERNELS_ONLY=1: configure kernels/standalone only (the kernels, their tests and attention_bench).
 set -uo pipefail
@@ -143,6 +147,34 @@ train_profile() {
   grep -E "profile:" -A40 "$out/train_profile.log" | cut -c1-150 | head -45
 }
 
+kernels_ab() {
+  local switches=${SCTRAIN_AB:?kernels-ab: set SCTRAIN_AB to the switches, e.g. SCTRAIN_AB=SCTRAIN_ATTENTION_FWD_ROWS=192}
+  local args=${KAB_ARGS:---head-dims 64 128 --seqlens 1024 2048 4096 8192 16384 --reps 10 --no-padded}
+  echo "== A/B of the attention kernels (TFLOP/s fwd / bwd; each switch against none, interleaved)"
+  for round in $(seq "${KAB_ROUNDS:-3}"); do
+    for sw in none $switches; do
+      local env=(); [[ $sw != none ]] && env=("$sw")
+      # shellcheck disable=SC2086
+      env "${env[@]}" timeout 150 "$(bin sctrain)" bench attention $args 2>&1 |
+        awk -v tag="round $round $sw" '  # the table: impl in 28 columns, then d N B H fwd_ms bwd_ms fwd_tf bwd_tf
+          /^sigmoid \(ours\) |^softmax cuDNN / && NF >= 9 {
+            impl = substr($0, 1, 28); sub(/ +$/, "", impl); split(substr($0, 29), f, " ")
+            key = f[1] " " f[2]; cell = sprintf("%.0f/%.0f", f[7], f[8])
+            if (impl == "sigmoid (ours)") { ours[key] = cell; order[++n] = key }
+            else if (impl == "sigmoid (ours) padded") padded[key] = cell
+            else if (impl == "softmax cuDNN") cudnn[key] = cell
+          }
+          END {
+            if (n == 0) print tag ": no results"
+            for (i = 1; i <= n; ++i) {
+              k = order[i]; split(k, dn, " ")
+              printf "%s d%s N%s: ours %s cudnn %s%s\n", tag, dn[1], dn[2], ours[k], cudnn[k], (k in padded) ? " padded " padded[k] : ""
+            }
+          }'
+    done
+  done | tee "$out/kernels_ab.log"
+}
+
 [[ $# -eq 0 ]] && set -- kernels
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv,noheader || true
 for step in "$@"; do
@@ -153,6 +185,7 @@ for step in "$@"; do
     train) train_run ;;
     train-ab) train_ab ;;
     train-profile) train_profile ;;
+    kernels-ab) kernels_ab ;;
     kernels) kernels_build; kernels_test; kernels_sanitize; kernels_bench ;;
     kernels-build) kernels_build ;;
     kernels-test) kernels_test ;;
