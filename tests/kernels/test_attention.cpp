@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/attention.h"
@@ -162,6 +163,25 @@ void edge_cases(bool packed = false) {
     }
 }
 
+// Sets an environment variable for its scope; the earlier value (or its absence) comes back after, so a
+// whole test binary run under a switch (scripts/gpu.sh kernels-ab's procedure) keeps it past this test.
+class ScopedEnv {
+ public:
+  explicit ScopedEnv(const char* name) : name_(name) {
+    if (const char* v = std::getenv(name)) old_ = v, had_ = true;
+  }
+  void set(const char* value) { setenv(name_, value, 1); }
+  ~ScopedEnv() {
+    if (had_) setenv(name_, old_.c_str(), 1);
+    else unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
+  std::string old_;
+  bool had_ = false;
+};
+
 // Runs fn on the device's default kernel path, then on the portable one (SCTRAIN_ATTENTION_PATH).
 template <typename F>
 void on_both_paths(F fn) {
@@ -246,7 +266,8 @@ TEST(SigmoidAttentionGpu, NanInPaddingDoesNotLeak) {
 // forced at lengths where the other is the default: edge lengths, NaN in padding, many tiles, 8K.
 TEST(SigmoidAttentionGpu, BothForwardBlockShapes) {
   REQUIRE_GPU();
-  setenv("SCTRAIN_ATTENTION_FWD_ROWS", "256", 1);
+  ScopedEnv rows("SCTRAIN_ATTENTION_FWD_ROWS");
+  rows.set("256");
   edge_cases();
   Case c{3, 300, 2, 64, torch::kBFloat16, {77, 256, 300}};
   c.nan_padding = true;
@@ -256,9 +277,8 @@ TEST(SigmoidAttentionGpu, BothForwardBlockShapes) {
   while (static_cast<int>(m.lens.size()) < m.B) m.lens.push_back(static_cast<int>(rng() % 701));
   m.nan_padding = true;
   run_case(m, 52);
-  setenv("SCTRAIN_ATTENTION_FWD_ROWS", "128", 1);
+  rows.set("128");
   run_case({1, 8192, 2, 64, torch::kBFloat16, {7001}}, 53);
-  unsetenv("SCTRAIN_ATTENTION_FWD_ROWS");
 }
 
 TEST(SigmoidAttentionGpu, LongerSequences) {
