@@ -168,7 +168,10 @@ void edge_cases(bool packed = false) {
 class ScopedEnv {
  public:
   explicit ScopedEnv(const char* name) : name_(name) {
-    if (const char* v = std::getenv(name)) old_ = v, had_ = true;
+    if (const char* v = std::getenv(name)) {
+      old_ = v;
+      had_ = true;
+    }
   }
   void set(const char* value) { setenv(name_, value, 1); }
   ~ScopedEnv() {
