@@ -164,7 +164,7 @@ void edge_cases(bool packed = false) {
 }
 
 // Sets an environment variable for its scope; the earlier value (or its absence) comes back after, so a
-// whole test binary run under a switch (scripts/gpu.sh kernels-ab's procedure) keeps it past this test.
+// whole test binary run under a switch keeps it past the tests that set their own.
 class ScopedEnv {
  public:
   explicit ScopedEnv(const char* name) : name_(name) {
@@ -188,12 +188,12 @@ class ScopedEnv {
 // Runs fn on the device's default kernel path, then on the portable one (SCTRAIN_ATTENTION_PATH).
 template <typename F>
 void on_both_paths(F fn) {
+  ScopedEnv env("SCTRAIN_ATTENTION_PATH");
   for (const char* path : {"default", "sm80"}) {
     SCOPED_TRACE(path);
-    setenv("SCTRAIN_ATTENTION_PATH", path, 1);
+    env.set(path);
     fn(path);
   }
-  unsetenv("SCTRAIN_ATTENTION_PATH");
 }
 
 TEST(SigmoidAttentionGpu, EdgeLengths) {
@@ -204,10 +204,10 @@ TEST(SigmoidAttentionGpu, EdgeLengths) {
 // The portable (mma.sync) path also on devices where the Hopper path is the default.
 TEST(SigmoidAttentionGpu, PortablePathEdgeLengths) {
   REQUIRE_GPU();
-  setenv("SCTRAIN_ATTENTION_PATH", "sm80", 1);
+  ScopedEnv env("SCTRAIN_ATTENTION_PATH");
+  env.set("sm80");
   edge_cases();
   run_case({2, 1000, 2, 64, torch::kBFloat16, {513, 1000}}, 9);
-  unsetenv("SCTRAIN_ATTENTION_PATH");
 }
 
 // q, k, v packed in one tensor: dK and dV go straight into the packed gradient, on both paths.
